@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what Parallax's builds, tests and demo need on a fresh Debian machine, or stops with
+# the exact command to run. Sourced by scripts/test.sh and scripts/demo.sh; safe to run again.
+set -euo pipefail
+
+# command -> Debian package that provides it.
+declare -A NEED=(
+  [cmake]=cmake            # pingora-core builds libz-ng with it
+  [ffmpeg]=ffmpeg          # real publisher in tests
+  [ffprobe]=ffmpeg         # segment validation in tests
+  [redis-server]=redis-server
+)
+if [ "${PARALLAX_BENCH:-0}" = 1 ]; then
+  NEED[nginx]=nginx; NEED[varnishd]=varnish; NEED[wrk]=wrk; NEED[h2load]=nghttp2-client
+fi
+
+missing=()
+for cmd in "${!NEED[@]}"; do
+  command -v "$cmd" >/dev/null 2>&1 || missing+=("${NEED[$cmd]}")
+done
+if [ "${PARALLAX_BENCH:-0}" = 1 ] && [ ! -e /usr/lib/nginx/modules/ngx_rtmp_module.so ]; then
+  missing+=(libnginx-mod-rtmp)
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  pkgs=$(printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' ')
+  if [ "$(id -u)" = 0 ]; then
+    echo "deps: installing $pkgs" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $pkgs >/dev/null
+  else
+    echo "deps: missing packages. Run:  sudo apt-get install -y $pkgs" >&2
+    exit 1
+  fi
+fi
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then
+  rustup target add wasm32-wasip2 >&2
+fi
