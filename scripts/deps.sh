@@ -12,6 +12,7 @@ declare -A NEED=(
 )
 if [ "${PARALLAX_BENCH:-0}" = 1 ]; then
   NEED[nginx]=nginx; NEED[varnishd]=varnish; NEED[wrk]=wrk; NEED[h2load]=nghttp2-client
+  NEED[pstree]=psmisc; NEED[curl]=curl
 fi
 
 missing=()

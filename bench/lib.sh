@@ -1,0 +1,34 @@
+# Shared helpers for the bench/ scripts: free ports, waiting for listeners, process memory,
+# and stopping everything a script started (on any exit).
+set -euo pipefail
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$BENCH_DIR/.." && pwd)
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+wait_port() { # port [seconds]
+  local deadline=$((SECONDS + ${2:-30}))
+  until (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; do
+    [ $SECONDS -lt $deadline ] || { echo "nothing listening on 127.0.0.1:$1" >&2; return 1; }
+    sleep 0.1
+  done
+}
+
+# Resident memory of a process and all its descendants, in MiB.
+tree_rss_mib() {
+  local pids; pids=$(pstree -pT "$1" 2>/dev/null | grep -o '([0-9]\+)' | tr -d '()' || echo "$1")
+  local kb=0
+  for p in $pids; do kb=$((kb + $(awk '/VmRSS/ {print $2}' /proc/"$p"/status 2>/dev/null || echo 0))); done
+  echo $((kb / 1024))
+}
+
+# CPU seconds (user + system) used so far by a process and its descendants.
+tree_cpu_secs() {
+  local pids; pids=$(pstree -pT "$1" 2>/dev/null | grep -o '([0-9]\+)' | tr -d '()' || echo "$1")
+  local ticks=0 hz; hz=$(getconf CLK_TCK)
+  for p in $pids; do ticks=$((ticks + $(awk '{print $14 + $15}' /proc/"$p"/stat 2>/dev/null || echo 0))); done
+  python3 -c "print(f'{$ticks / $hz:.2f}')"
+}

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# Cache-tier benchmark: Parallax, nginx proxy_cache and Varnish in front of the same origin, in one
+# run on this machine, loopback only. Prints a Markdown table for bench/RESULTS.md.
+#
+#   bash bench/proxy/run.sh            # DURATION=10 CONNS=100 BURST=1000 by default
+#
+# Rows: small playlist hits (wrk req/s), 1 MiB segment hits (wrk GB/s), a burst of BURST
+# concurrent first requests for one object the origin answers in 200 ms (h2load over HTTP/1.1:
+# origin fetches, mean and max latency), and resident memory after the run.
+source "$(dirname "$0")/../lib.sh"
+DURATION=${DURATION:-10}
+CONNS=${CONNS:-100}
+BURST=${BURST:-1000}
+ulimit -n "$(ulimit -Hn)"  # the burst opens BURST client + server sockets
+WORK=$(mktemp -d /tmp/parallax-bench.XXXXXX)
+chmod 755 "$WORK"  # varnishd reads the VCL as its own user
+PIDS+=("")
+
+if [[ "${SERVERS:-parallax}" == *parallax* ]]; then (cd "$ROOT" && cargo build --release -q -p parallax-proxy); fi
+PROXY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/proxy"
+
+ORIGIN=$(free_port)
+python3 "$BENCH_DIR/origin.py" --port "$ORIGIN" --delay-ms 200 & PIDS+=($!)
+wait_port "$ORIGIN"
+
+declare -A PORT PID
+start_nginx() {
+  PORT[nginx]=$(free_port)
+  sed -e "s#@DIR@#$WORK#g" -e "s#@PORT@#${PORT[nginx]}#g" -e "s#@ORIGIN_PORT@#$ORIGIN#g" \
+    "$BENCH_DIR/proxy/nginx.conf.in" > "$WORK/nginx.conf"
+  mkdir -p "$WORK/nginx-cache"
+  nginx -c "$WORK/nginx.conf" -e "$WORK/nginx-error.log" & PID[nginx]=$!; PIDS+=(${PID[nginx]})
+}
+start_varnish() {
+  PORT[varnish]=$(free_port)
+  sed -e "s#ORIGIN_PORT#$ORIGIN#" "$BENCH_DIR/proxy/varnish.vcl" > "$WORK/varnish.vcl"
+  varnishd -F -n "$WORK/varnish" -a "127.0.0.1:${PORT[varnish]}" -f "$WORK/varnish.vcl" \
+    -s malloc,2G > "$WORK/varnish.log" 2>&1 & PID[varnish]=$!; PIDS+=(${PID[varnish]})
+}
+start_parallax() {
+  PORT[parallax]=$(free_port)
+  "$PROXY_BIN" --listen "127.0.0.1:${PORT[parallax]}" --upstream "127.0.0.1:$ORIGIN" \
+    --threads 2 > "$WORK/parallax.log" 2>&1 & PID[parallax]=$!; PIDS+=(${PID[parallax]})
+}
+read -r -a SERVERS <<< "${SERVERS:-parallax nginx varnish}"
+for s in "${SERVERS[@]}"; do "start_$s"; done
+for s in "${SERVERS[@]}"; do wait_port "${PORT[$s]}"; done
+
+wrk_run() { # url -> "req/s transfer/s"
+  wrk -t1 -c"$CONNS" -d"${DURATION}s" "$1" > "$WORK/wrk.out" 2>&1
+  awk '/Requests\/sec/ {r=$2} /Transfer\/sec/ {t=$2} END {print r, t}' "$WORK/wrk.out"
+}
+to_gbps() { # wrk's Transfer/sec ("812.34MB", binary units) -> wrk's GB
+  python3 -c "import sys; v=sys.argv[1]; print(f'{float(v[:-2]) / {\"KB\": 2**20, \"MB\": 2**10, \"GB\": 1}[v[-2:]]:.2f}')" "$1"; }
+
+declare -A RPS GBPS FETCH MEAN MAX MEM
+for s in "${SERVERS[@]}"; do
+  base="http://127.0.0.1:${PORT[$s]}"
+  curl -fsS -o /dev/null "$base/live/bench/index.m3u8"; curl -fsS -o /dev/null "$base/seg/1.ts"
+  read -r rps _ < <(wrk_run "$base/live/bench/index.m3u8"); RPS[$s]=$rps
+  read -r _ tps < <(wrk_run "$base/seg/1.ts"); GBPS[$s]=$(to_gbps "$tps")
+  h2load --h1 -n "$BURST" -c "$BURST" -m 1 "$base/slow/burst-$s.ts" > "$WORK/h2load-$s.out" 2>&1
+  ok=$(awk '/^requests:/ {print $8}' "$WORK/h2load-$s.out")
+  read -r MEAN[$s] MAX[$s] < <(awk '/time for request:/ {print $6, $5}' "$WORK/h2load-$s.out")
+  FETCH[$s]="$(curl -fsS "http://127.0.0.1:$ORIGIN/_count?prefix=/slow/burst-$s") ($ok ok)"
+  MEM[$s]=$(tree_rss_mib "${PID[$s]}")
+done
+
+echo "| server | playlist hit req/s (wrk -t1 -c$CONNS) | 1 MiB segment hit GB/s | burst of $BURST: origin fetches | burst mean | burst max | RSS MiB |"
+echo "|---|---|---|---|---|---|---|"
+for s in "${SERVERS[@]}"; do
+  echo "| $s | ${RPS[$s]} | ${GBPS[$s]} | ${FETCH[$s]} | ${MEAN[$s]} | ${MAX[$s]} | ${MEM[$s]} |"
+done
+[ -n "${RPS[parallax]:-}" ] && python3 - "${RPS[parallax]}" "${RPS[nginx]}" "${RPS[varnish]}" "${GBPS[parallax]}" "${GBPS[nginx]}" "${GBPS[varnish]}" <<'PY'
+import sys
+p, n, v, gp, gn, gv = map(float, sys.argv[1:])
+print(f"\nratios: playlist hits parallax/nginx = {p/n:.2f}x, parallax/varnish = {p/v:.2f}x; "
+      f"1 MiB segments parallax/best peer = {gp/max(gn, gv):.2f}x")
+PY
