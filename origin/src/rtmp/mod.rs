@@ -1,0 +1,3 @@
+//! RTMP ingest: the chunk-stream layer in front of rml_rtmp.
+
+pub mod dechunk;
