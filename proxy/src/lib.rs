@@ -1,1 +1,2 @@
 //! Placeholder until the crate's first module lands.
+pub mod storage;
