@@ -17,8 +17,8 @@
 //! are errors, and partial messages grow with the bytes that actually arrive, never with the
 //! length a header declares.
 //!
-//! [`write_message_chunks`] is the single chunk encoder; the publisher uses it too when it
-//! interleaves chunks on purpose.
+//! [`write_message_chunks`] is the single chunk encoder. The publisher uses it, and
+//! [`Dechunker::push_messages`] on rml_rtmp's own output, when it interleaves chunks on purpose.
 
 use std::collections::HashMap;
 
@@ -136,6 +136,33 @@ pub struct MessageHeader {
     pub type_id: u8,
     /// Message stream id.
     pub message_stream_id: u32,
+}
+
+/// One reassembled message and how to put it back on the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The chunk stream it arrived on.
+    pub csid: u32,
+    /// Its timestamp, type and message stream id.
+    pub header: MessageHeader,
+    /// The complete payload.
+    pub payload: Bytes,
+    /// The chunk size the receiver expects for this message: the size in force before it, so
+    /// a Set Chunk Size message itself still goes out at the old size.
+    pub chunk_size: u32,
+}
+
+impl Message {
+    /// Encodes the message contiguously with [`write_message_chunks`].
+    pub fn write_chunks(&self, emit: impl FnMut(&[u8], &[u8])) {
+        write_message_chunks(
+            self.csid,
+            &self.header,
+            &self.payload,
+            self.chunk_size as usize,
+            emit,
+        );
+    }
 }
 
 /// Encodes `payload` as one message on chunk stream `csid`: a format-0 chunk followed by
@@ -290,12 +317,29 @@ impl Dechunker {
     /// Feed raw bytes read from the socket *after the handshake*; returns bytes to hand to
     /// `ServerSession::handle_input` in which every message's chunks are contiguous.
     ///
-    /// Returns the complete messages the input finished, in the order they completed; bytes of
-    /// incomplete chunks and messages are kept for the next call. After an error the
+    /// The output holds the messages the input completed, in the order they completed; bytes
+    /// of incomplete chunks and messages are kept for the next call. After an error the
     /// connection's chunk stream is unrecoverable and must be closed.
     pub fn push(&mut self, input: &[u8]) -> Result<Bytes, DechunkError> {
-        self.pending.extend_from_slice(input);
         let mut out = BytesMut::new();
+        for message in self.push_messages(input)? {
+            message.write_chunks(|head, body| {
+                out.put_slice(head);
+                out.put_slice(body);
+            });
+        }
+        Ok(out.freeze())
+    }
+
+    /// Like [`push`], but returns the completed messages themselves.
+    ///
+    /// The publisher runs rml_rtmp's own output through this to get messages it can chunk and
+    /// interleave itself.
+    ///
+    /// [`push`]: Dechunker::push
+    pub fn push_messages(&mut self, input: &[u8]) -> Result<Vec<Message>, DechunkError> {
+        self.pending.extend_from_slice(input);
+        let mut out = Vec::new();
         loop {
             match self.state {
                 ReadState::Header => match self.parse_header()? {
@@ -332,7 +376,7 @@ impl Dechunker {
                 }
             }
         }
-        Ok(out.freeze())
+        Ok(out)
     }
 
     fn stream_mut(&mut self, csid: u32) -> Result<&mut ChunkStream, DechunkError> {
@@ -466,7 +510,7 @@ impl Dechunker {
     }
 
     /// A header for `csid` was consumed: work out how many payload bytes its chunk carries.
-    fn start_chunk(&mut self, csid: u32, out: &mut BytesMut) -> Result<(), DechunkError> {
+    fn start_chunk(&mut self, csid: u32, out: &mut Vec<Message>) -> Result<(), DechunkError> {
         let chunk_size = self.chunk_size as usize;
         let stream = self.stream_mut(csid)?;
         let outstanding = (stream.message_length as usize).saturating_sub(stream.partial.len());
@@ -481,9 +525,9 @@ impl Dechunker {
     }
 
     /// The chunk on `csid` is complete; if its message is too, act on it or emit it.
-    fn finish_chunk(&mut self, csid: u32, out: &mut BytesMut) -> Result<(), DechunkError> {
+    fn finish_chunk(&mut self, csid: u32, out: &mut Vec<Message>) -> Result<(), DechunkError> {
         self.state = ReadState::Header;
-        let chunk_size = self.chunk_size as usize;
+        let chunk_size = self.chunk_size;
         let stream = self.stream_mut(csid)?;
         if stream.partial.len() < stream.message_length as usize {
             return Ok(());
@@ -503,7 +547,12 @@ impl Dechunker {
                     return Err(DechunkError::InvalidChunkSize { size });
                 }
                 // Emitted at the old size; the session applies the new one when it reads it.
-                emit_message(out, csid, &header, &payload, chunk_size);
+                out.push(Message {
+                    csid,
+                    header,
+                    payload,
+                    chunk_size,
+                });
                 self.chunk_size = size;
             }
             TYPE_ABORT => {
@@ -515,23 +564,15 @@ impl Dechunker {
                     stream.partial.clear();
                 }
             }
-            _ => emit_message(out, csid, &header, &payload, chunk_size),
+            _ => out.push(Message {
+                csid,
+                header,
+                payload,
+                chunk_size,
+            }),
         }
         Ok(())
     }
-}
-
-fn emit_message(
-    out: &mut BytesMut,
-    csid: u32,
-    header: &MessageHeader,
-    payload: &[u8],
-    chunk_size: usize,
-) {
-    write_message_chunks(csid, header, payload, chunk_size, |head, body| {
-        out.put_slice(head);
-        out.put_slice(body);
-    });
 }
 
 /// The 4-byte big-endian value of a Set Chunk Size or Abort message.
