@@ -1,4 +1,5 @@
-//! Placeholder until the crate's first module lands.
+//! Parallax origin: RTMP ingest, live HLS packaging, recording to VOD.
 
+pub mod media;
 pub mod publisher;
 pub mod rtmp;
