@@ -1,3 +1,5 @@
-//! RTMP ingest: the chunk-stream layer in front of rml_rtmp.
+//! RTMP ingest: publish authorization ([`auth`]) and the chunk-stream layer in front of
+//! rml_rtmp ([`dechunk`]).
 
+pub mod auth;
 pub mod dechunk;

@@ -1,0 +1,177 @@
+//! Segments and playlists on disk.
+//!
+//! Owns the data directory layout (`live/<stream>/`, `vod/<stream>/<id>/`), the only place
+//! names from the network become paths: [`StreamName`] and [`is_safe_file_name`] admit a small
+//! charset with no `/`, no `..` and no leading dot, so nothing outside the data directory can be
+//! named. [`write_atomic`] replaces files so readers never see a partial one.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// Errors from the data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A stream name is outside the allowed charset or length.
+    #[error("invalid stream name {0:?}: use 1 to the configured maximum bytes of [A-Za-z0-9_-.], no leading dot")]
+    InvalidName(String),
+    /// Creating a directory failed.
+    #[error("creating directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Writing (or renaming into place) a file failed.
+    #[error("writing {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// A validated stream name: safe to use as one path component and in a URL.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamName(String);
+
+impl StreamName {
+    /// Accepts `[A-Za-z0-9_-.]{1,max_bytes}` without a leading dot (which also excludes `.`,
+    /// `..` and our own temp files).
+    pub fn parse(name: &str, max_bytes: usize) -> Result<Self, StoreError> {
+        let ok = !name.is_empty()
+            && name.len() <= max_bytes
+            && !name.starts_with('.')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if ok {
+            Ok(Self(name.to_owned()))
+        } else {
+            Err(StoreError::InvalidName(name.to_owned()))
+        }
+    }
+
+    /// The name as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StreamName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Whether `name` may name a file we serve (a segment, a playlist, a recording id): at most 128
+/// bytes of `[A-Za-z0-9_-.]`, no leading dot.
+pub fn is_safe_file_name(name: &str) -> bool {
+    StreamName::parse(name, 128).is_ok()
+}
+
+/// Where things live under the data directory.
+#[derive(Debug, Clone)]
+pub struct Layout {
+    data_dir: PathBuf,
+}
+
+impl Layout {
+    /// A layout rooted at `data_dir`.
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+        }
+    }
+
+    /// `<data>/live/<stream>/`: the live playlist and its segments.
+    pub fn live_dir(&self, stream: &StreamName) -> PathBuf {
+        self.data_dir.join("live").join(stream.as_str())
+    }
+
+    /// `<data>/vod/<stream>/`: one directory per recording.
+    pub fn vod_dir(&self, stream: &StreamName) -> PathBuf {
+        self.data_dir.join("vod").join(stream.as_str())
+    }
+}
+
+/// The live playlist's file name inside a stream's directory.
+pub const PLAYLIST_NAME: &str = "index.m3u8";
+
+/// Writes `data` to `path` so readers see the old file or the new one, never a partial one.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let err = |source| StoreError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| err(std::io::Error::other("path has no file name")))?;
+    // A leading dot keeps the temp file unservable (names with a leading dot are refused).
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    std::fs::write(&tmp, data).map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Creates `path` and its parents.
+pub fn create_dir(path: &Path) -> Result<(), StoreError> {
+    std::fs::create_dir_all(path).map_err(|source| StoreError::CreateDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_names_allow_only_a_safe_charset() {
+        for good in ["test", "cam-1", "a_b.c", "A9", "x".repeat(64).as_str()] {
+            assert!(StreamName::parse(good, 64).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            ".hidden",
+            "a/b",
+            "a\\b",
+            "%2e%2e",
+            "a%2fb",
+            "a b",
+            "é",
+            "a\0b",
+            "x".repeat(65).as_str(),
+        ] {
+            assert!(StreamName::parse(bad, 64).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn file_names_refuse_traversal_and_temp_files() {
+        assert!(is_safe_file_name("123.ts"));
+        assert!(is_safe_file_name("index.m3u8"));
+        assert!(!is_safe_file_name(".index.m3u8.tmp"));
+        assert!(!is_safe_file_name(".."));
+        assert!(!is_safe_file_name("../x.ts"));
+    }
+
+    #[test]
+    fn atomic_write_replaces_the_file_and_leaves_no_temp() {
+        let dir = std::env::temp_dir().join(format!("parallax-store-{}", std::process::id()));
+        create_dir(&dir).unwrap();
+        let path = dir.join("index.m3u8");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("index.m3u8")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
