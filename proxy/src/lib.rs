@@ -1,2 +1,5 @@
 //! Placeholder until the crate's first module lands.
+pub mod health;
+pub mod metrics;
 pub mod storage;
+pub mod upstream;
