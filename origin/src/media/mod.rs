@@ -76,9 +76,14 @@
 pub mod aac;
 pub mod avc;
 pub mod flv;
+pub mod packager;
+pub mod playlist;
+pub mod segmenter;
 pub mod ts;
 
-pub use flv::{audio_codec_id, video_codec_id};
+pub use flv::{audio_codec_id, video_codec_id, FlvReader, FlvTag};
+pub use packager::{Packager, PackagerOptions, Segment};
+pub use playlist::{render_media_playlist, LiveWindow, MediaPlaylist, PlaylistEntry, SegmentInfo};
 
 /// Why a tag, a header or a stream cannot be packaged. Variants are named by the stage that
 /// refused the input; none is recoverable by retrying the same bytes.

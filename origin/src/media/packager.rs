@@ -1,0 +1,594 @@
+//! One live stream's packaging: FLV tag bodies in, finished MPEG-TS segments out.
+//!
+//! [`Packager`] ties the stages of this module together for one stream and survives encoder
+//! reconnects. It holds at most one open segment (bounded by the keyframe timeout below) and no
+//! history: the caller lists the [`Segment`]s it returns, e.g. in a
+//! [`LiveWindow`](super::playlist::LiveWindow).
+
+use bytes::Bytes;
+
+use super::aac::AacConfig;
+use super::avc::AvcConfig;
+use super::flv::{self, AudioTag, VideoTag};
+use super::playlist::SegmentInfo;
+use super::segmenter::{KeyframeDecision, SegmentStart, Segmenter, Timeline};
+use super::ts::TsWriter;
+use super::MediaError;
+
+/// Added to every timestamp before it becomes a 90 kHz PTS/DTS, so that negative composition
+/// offsets and audio stamped slightly before the first video frame never go below zero, and the
+/// PCR (700 ms behind DTS) starts positive. A constant, so it is the same on every origin.
+const TIMESTAMP_OFFSET_MS: i64 = 10_000;
+
+/// The longest stretch of stream time without a video keyframe before a push fails with
+/// [`MediaError::NoKeyframe`]: `max(10 s, 3 × target)`. Beyond that the encoder is misconfigured
+/// (or sends no video), and the open segment — the packager's only buffer — stops growing.
+const MIN_KEYFRAME_TIMEOUT_MS: i64 = 10_000;
+
+/// Packaging settings of a live stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PackagerOptions {
+    /// Target segment duration in ms; segments are cut at the first keyframe on each multiple of
+    /// it. Rendered as EXT-X-TARGETDURATION, rounded up to whole seconds. Default 2000.
+    pub target_duration_ms: u32,
+    /// Segments listed in the live playlist. Default 6.
+    pub window_segments: usize,
+}
+
+impl Default for PackagerOptions {
+    fn default() -> Self {
+        Self {
+            target_duration_ms: 2000,
+            window_segments: 6,
+        }
+    }
+}
+
+impl PackagerOptions {
+    /// EXT-X-TARGETDURATION: the target rounded up to whole seconds (RFC 8216 §4.3.3.1 wants
+    /// an integer no segment's rounded EXTINF exceeds).
+    pub fn target_duration_secs(&self) -> u32 {
+        self.target_duration_ms.div_ceil(1000)
+    }
+
+    /// Checks the values are usable: target 100 ms – 60 s, window at least 1.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(100..=60_000).contains(&self.target_duration_ms) {
+            return Err(format!(
+                "target_duration_ms {} is outside 100..=60000",
+                self.target_duration_ms
+            ));
+        }
+        if self.window_segments == 0 {
+            return Err("window_segments must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A finished segment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Media sequence number (epoch-locked, see the [numbering rule](super#numbering-rule-epoch-locking)).
+    pub sequence: u64,
+    /// Discontinuity sequence number.
+    pub discontinuity_sequence: u64,
+    /// Whether EXT-X-DISCONTINUITY precedes it (first segment after an encoder reconnect).
+    pub discontinuity: bool,
+    /// Duration in ms: from its keyframe to the next segment's.
+    pub duration_ms: u32,
+    /// Relative URI, `"<sequence>.ts"`.
+    pub name: String,
+    /// PTS of its first video frame in 90 kHz units, before the 33-bit wrap of the TS field.
+    pub first_pts_90k: u64,
+    /// The MPEG-TS bytes.
+    pub data: Bytes,
+}
+
+impl Segment {
+    /// Everything but the bytes, as listed in a playlist.
+    pub fn info(&self) -> SegmentInfo {
+        SegmentInfo {
+            sequence: self.sequence,
+            discontinuity_sequence: self.discontinuity_sequence,
+            discontinuity: self.discontinuity,
+            duration_ms: self.duration_ms,
+            name: self.name.clone(),
+            first_pts_90k: self.first_pts_90k,
+        }
+    }
+}
+
+/// The segment being written.
+#[derive(Debug)]
+struct OpenSegment {
+    start: SegmentStart,
+    start_ms: i64,
+    first_pts_90k: u64,
+    writer: TsWriter,
+    /// Whether the PMT lists audio: an AAC header arriving mid-segment waits for the next one.
+    with_audio: bool,
+    last_video_ms: i64,
+}
+
+/// Packages one live stream; see the [module doc of `media`](super) for the rules it follows.
+#[derive(Debug)]
+pub struct Packager {
+    opts: PackagerOptions,
+    timeline: Timeline,
+    segmenter: Segmenter,
+    avc: Option<AvcConfig>,
+    aac: Option<AacConfig>,
+    open: Option<OpenSegment>,
+    /// Segments closed by [`Packager::discontinuity`], handed out by the next call.
+    pending: Vec<Segment>,
+    /// Timeline position of the last keyframe (or of the timeline's first frame).
+    keyframe_wait_from_ms: Option<i64>,
+    /// Last video DTS and the step to it, to estimate the last frame's duration at the end.
+    last_video: Option<(i64, i64)>,
+    /// Reused conversion buffer.
+    scratch: Vec<u8>,
+}
+
+impl Packager {
+    /// A packager for a new stream.
+    pub fn new(opts: PackagerOptions) -> Self {
+        Self {
+            segmenter: Segmenter::new(opts.target_duration_ms),
+            opts,
+            timeline: Timeline::new(),
+            avc: None,
+            aac: None,
+            open: None,
+            pending: Vec::new(),
+            keyframe_wait_from_ms: None,
+            last_video: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// The options this packager was made with.
+    pub fn options(&self) -> &PackagerOptions {
+        &self.opts
+    }
+
+    /// An FLV VIDEODATA tag body (what an RTMP video message carries) at RTMP time `ts_ms`.
+    /// Returns the segments this tag finished (a keyframe on a boundary closes the open one).
+    ///
+    /// Errors leave the packager usable, but the caller should treat them as fatal for the
+    /// publish: they mean the codec is wrong or the encoder sends broken data.
+    pub fn push_video(&mut self, ts_ms: u32, tag: &[u8]) -> Result<Vec<Segment>, MediaError> {
+        let (keyframe, cts_ms, avcc) = match flv::parse_video_tag(tag)? {
+            VideoTag::SequenceHeader(record) => {
+                self.avc = Some(AvcConfig::parse(record)?);
+                return Ok(std::mem::take(&mut self.pending));
+            }
+            VideoTag::Ignored => return Ok(std::mem::take(&mut self.pending)),
+            VideoTag::Frame {
+                keyframe,
+                cts_ms,
+                data,
+            } => (keyframe, cts_ms, data),
+        };
+        let avc = self.avc.as_ref().ok_or(MediaError::MissingAvcConfig)?;
+        let mut annex_b = std::mem::take(&mut self.scratch);
+        annex_b.clear();
+        let converted = avc.to_annex_b(avcc, keyframe, &mut annex_b);
+        let result = converted.and_then(|()| self.video_frame(ts_ms, keyframe, cts_ms, &annex_b));
+        self.scratch = annex_b;
+        result
+    }
+
+    /// An FLV AUDIODATA tag body at RTMP time `ts_ms`. Audio joins the open segment; before the
+    /// first keyframe there is none and the audio is dropped.
+    pub fn push_audio(&mut self, ts_ms: u32, tag: &[u8]) -> Result<Vec<Segment>, MediaError> {
+        let raw = match flv::parse_audio_tag(tag)? {
+            AudioTag::SequenceHeader(asc) => {
+                self.aac = Some(AacConfig::parse(asc)?);
+                return Ok(std::mem::take(&mut self.pending));
+            }
+            AudioTag::Frame(raw) => raw,
+        };
+        let aac = self.aac.ok_or(MediaError::MissingAacConfig)?;
+        let header = aac.adts_header(raw.len())?;
+        let t = self.timeline.unwrap(ts_ms);
+        self.check_keyframe_wait(t)?;
+        self.segmenter.on_frame(t);
+        if let Some(open) = self.open.as_mut().filter(|open| open.with_audio) {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&header);
+            self.scratch.extend_from_slice(raw);
+            open.writer.write_audio(to_90k(t), &self.scratch);
+        }
+        Ok(std::mem::take(&mut self.pending))
+    }
+
+    /// The encoder reconnected (a new publish on this stream within the grace period): the
+    /// open segment is closed — it is returned by the next `push_*` or [`Packager::finish`] —
+    /// and the next keyframe starts a segment with EXT-X-DISCONTINUITY on a new timeline.
+    /// Numbering continues monotonically. Calling it again before new media changes nothing.
+    pub fn discontinuity(&mut self) {
+        if let Some(segment) = self.close_at_last_frame() {
+            self.pending.push(segment);
+        }
+        self.segmenter.discontinuity();
+        self.timeline.reset();
+        self.keyframe_wait_from_ms = None;
+        self.last_video = None;
+    }
+
+    /// The publish ended: returns the segments not yet handed out, including the open one
+    /// (which lasts until its last video frame plus one frame duration). The packager stays
+    /// usable: should the encoder come back, what it sends is a new timeline after a
+    /// discontinuity, exactly as if [`Packager::discontinuity`] had been called.
+    pub fn finish(&mut self) -> Vec<Segment> {
+        self.discontinuity();
+        std::mem::take(&mut self.pending)
+    }
+
+    fn video_frame(
+        &mut self,
+        ts_ms: u32,
+        keyframe: bool,
+        cts_ms: i32,
+        annex_b: &[u8],
+    ) -> Result<Vec<Segment>, MediaError> {
+        let t = self.timeline.unwrap(ts_ms);
+        if keyframe {
+            self.keyframe_wait_from_ms = Some(t);
+            if let KeyframeDecision::Start(start) = self.segmenter.on_keyframe(t) {
+                if let Some(done) = self.close(t) {
+                    self.pending.push(done);
+                }
+                if start.publish {
+                    let pts = to_90k(t + i64::from(cts_ms));
+                    self.open = Some(OpenSegment {
+                        start,
+                        start_ms: t,
+                        first_pts_90k: pts,
+                        writer: TsWriter::new(self.aac.is_some()),
+                        with_audio: self.aac.is_some(),
+                        last_video_ms: t,
+                    });
+                }
+            }
+        } else {
+            self.check_keyframe_wait(t)?;
+            self.segmenter.on_frame(t);
+        }
+        self.last_video = Some((t, self.last_video.map_or(0, |(last, _)| t - last)));
+        if let Some(open) = &mut self.open {
+            let dts = to_90k(t);
+            let pts = to_90k(t + i64::from(cts_ms));
+            open.writer.write_video(pts, dts, keyframe, annex_b);
+            open.last_video_ms = t;
+        }
+        Ok(std::mem::take(&mut self.pending))
+    }
+
+    fn check_keyframe_wait(&mut self, t: i64) -> Result<(), MediaError> {
+        let limit_ms = MIN_KEYFRAME_TIMEOUT_MS.max(3 * i64::from(self.opts.target_duration_ms));
+        let from = *self.keyframe_wait_from_ms.get_or_insert(t);
+        let waited_ms = t - from;
+        if waited_ms > limit_ms {
+            // The open segment cannot be finished properly; it is dropped, not published.
+            self.open = None;
+            return Err(MediaError::NoKeyframe {
+                waited_ms,
+                limit_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// Closes the open segment at `end_ms`, the start of the next one.
+    fn close(&mut self, end_ms: i64) -> Option<Segment> {
+        let open = self.open.take()?;
+        let duration_ms = u32::try_from((end_ms - open.start_ms).max(0)).unwrap_or(u32::MAX);
+        let target_secs = self.opts.target_duration_secs();
+        // RFC 8216 §4.3.3.1: EXTINF rounded to the nearest second must not exceed the target.
+        if duration_ms.saturating_add(500) / 1000 > target_secs {
+            tracing::warn!(
+                sequence = open.start.sequence,
+                duration_ms,
+                target_duration_ms = self.opts.target_duration_ms,
+                "segment exceeds the target duration: the encoder's keyframe interval must divide it"
+            );
+        }
+        let sequence = open.start.sequence;
+        Some(Segment {
+            sequence,
+            discontinuity_sequence: open.start.discontinuity_sequence,
+            discontinuity: open.start.discontinuity,
+            duration_ms,
+            name: format!("{sequence}.ts"),
+            first_pts_90k: open.first_pts_90k,
+            data: open.writer.finish(),
+        })
+    }
+
+    /// Closes the open segment when no next keyframe will come: it ends one frame duration
+    /// after its last video frame.
+    fn close_at_last_frame(&mut self) -> Option<Segment> {
+        let last_video_ms = self.open.as_ref()?.last_video_ms;
+        let frame_ms = self.last_video.map_or(0, |(_, step)| step.max(0));
+        self.close(last_video_ms + frame_ms)
+    }
+}
+
+/// A timeline position in ms as a 90 kHz timestamp, offset so it is never negative.
+fn to_90k(ms: i64) -> u64 {
+    u64::try_from(ms + TIMESTAMP_OFFSET_MS).unwrap_or(0) * 90
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SPS: [u8; 4] = [0x67, 0x42, 0xc0, 0x1e];
+    const PPS: [u8; 2] = [0x68, 0xce];
+
+    fn avc_header() -> Vec<u8> {
+        let mut tag = vec![0x17, 0, 0, 0, 0, 1, 0x42, 0xc0, 0x1e, 0xff, 0xe1, 0, 4];
+        tag.extend_from_slice(&SPS);
+        tag.extend_from_slice(&[1, 0, 2]);
+        tag.extend_from_slice(&PPS);
+        tag
+    }
+
+    fn video(keyframe: bool, cts_ms: i32, frame: u32) -> Vec<u8> {
+        let cts = cts_ms.to_be_bytes();
+        let nal_type = if keyframe { 0x65 } else { 0x41 };
+        let mut tag = vec![
+            if keyframe { 0x17 } else { 0x27 },
+            1,
+            cts[1],
+            cts[2],
+            cts[3],
+        ];
+        tag.extend_from_slice(&[0, 0, 0, 5, nal_type]);
+        tag.extend_from_slice(&frame.to_be_bytes());
+        tag
+    }
+
+    const AAC_HEADER: [u8; 4] = [0xaf, 0, 0x12, 0x10];
+
+    fn audio(frame: u32) -> Vec<u8> {
+        let mut tag = vec![0xaf, 1, 0x21];
+        tag.extend_from_slice(&frame.to_be_bytes());
+        tag
+    }
+
+    /// A 30 fps stream with a keyframe every 2 s and 44.1 kHz AAC, as (timestamp, is_video, tag).
+    fn stream(from_ms: u32, to_ms: u32) -> Vec<(u32, bool, Vec<u8>)> {
+        let mut tags = Vec::new();
+        for i in 0.. {
+            let ts = i * 1000 / 30;
+            if ts >= to_ms {
+                break;
+            }
+            if ts >= from_ms {
+                tags.push((ts, true, video(i % 60 == 0, 33, i)));
+            }
+        }
+        for i in 0.. {
+            let ts = i * 1024 * 1000 / 44_100;
+            if ts >= to_ms {
+                break;
+            }
+            if ts >= from_ms {
+                tags.push((ts, false, audio(i)));
+            }
+        }
+        tags.sort_by_key(|(ts, is_video, _)| (*ts, !*is_video));
+        tags
+    }
+
+    /// Sends the sequence headers, as every new publish does; returns what the calls returned.
+    fn started(packager: &mut Packager) -> Vec<Segment> {
+        let mut out = packager.push_video(0, &avc_header()).unwrap();
+        out.extend(packager.push_audio(0, &AAC_HEADER).unwrap());
+        out
+    }
+
+    fn feed(packager: &mut Packager, tags: &[(u32, bool, Vec<u8>)]) -> Vec<Segment> {
+        feed_shifted(packager, tags, 0)
+    }
+
+    fn feed_shifted(
+        packager: &mut Packager,
+        tags: &[(u32, bool, Vec<u8>)],
+        shift_ms: u32,
+    ) -> Vec<Segment> {
+        let mut out = Vec::new();
+        for (ts, is_video, tag) in tags {
+            let ts = ts.wrapping_add(shift_ms);
+            let segments = if *is_video {
+                packager.push_video(ts, tag)
+            } else {
+                packager.push_audio(ts, tag)
+            };
+            out.extend(segments.unwrap());
+        }
+        out
+    }
+
+    fn summary(segments: &[Segment]) -> Vec<(u64, u64, bool, u32)> {
+        segments
+            .iter()
+            .map(|s| {
+                (
+                    s.sequence,
+                    s.discontinuity_sequence,
+                    s.discontinuity,
+                    s.duration_ms,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn segments_are_cut_on_boundary_keyframes_and_named_by_sequence() {
+        let mut packager = Packager::new(PackagerOptions::default());
+        started(&mut packager);
+        let segments = feed(&mut packager, &stream(0, 7000));
+        assert_eq!(
+            summary(&segments),
+            vec![
+                (0, 0, false, 2000),
+                (1, 0, false, 2000),
+                (2, 0, false, 2000)
+            ]
+        );
+        assert_eq!(segments[1].name, "1.ts");
+        // PTS = (DTS + composition offset + the constant offset) in 90 kHz.
+        assert_eq!(segments[1].first_pts_90k, (2000 + 33 + 10_000) * 90);
+        for segment in &segments {
+            assert_eq!(segment.data.len() % 188, 0);
+            assert_eq!(&segment.data[..4], &[0x47, 0x40, 0x00, 0x30], "PAT first");
+        }
+        let last = packager.finish();
+        assert_eq!(summary(&last), vec![(3, 0, false, 999)]);
+    }
+
+    #[test]
+    fn keyframes_get_parameter_sets_in_band() {
+        let mut packager = Packager::new(PackagerOptions::default());
+        started(&mut packager);
+        let segments = feed(&mut packager, &stream(0, 2100));
+        let data = &segments[0].data;
+        let sps_at = data.windows(SPS.len()).position(|w| w == SPS).unwrap();
+        assert_eq!(&data[sps_at - 4..sps_at], &[0, 0, 0, 1]);
+        assert!(data.windows(PPS.len()).any(|w| w == PPS));
+    }
+
+    #[test]
+    fn origins_joining_late_or_restarting_publish_identical_segments() {
+        let tags = stream(0, 20_000);
+        let mut first = Packager::new(PackagerOptions::default());
+        started(&mut first);
+        let all = feed(&mut first, &tags);
+
+        // Joins 7 s in: its keyframe at 8 s is its first, so it starts publishing at 10 s.
+        let mut late = Packager::new(PackagerOptions::default());
+        started(&mut late);
+        let joined = feed(&mut late, &stream(7000, 20_000));
+        assert_eq!(joined[0].sequence, 5);
+
+        // Ran for 5 s, crashed, came back at 9 s.
+        let mut crashed = Packager::new(PackagerOptions::default());
+        started(&mut crashed);
+        let before = feed(&mut crashed, &stream(0, 5000));
+        let mut restarted = Packager::new(PackagerOptions::default());
+        started(&mut restarted);
+        let after = feed(&mut restarted, &stream(9000, 20_000));
+
+        for segment in joined.iter().chain(&before).chain(&after) {
+            let same = all.iter().find(|s| s.sequence == segment.sequence).unwrap();
+            assert_eq!(segment, same, "segment {} differs", segment.sequence);
+        }
+        assert_eq!(
+            joined.last().unwrap().sequence,
+            all.last().unwrap().sequence
+        );
+    }
+
+    #[test]
+    fn reconnect_restarting_at_zero_continues_numbering_with_a_discontinuity() {
+        let mut packager = Packager::new(PackagerOptions::default());
+        started(&mut packager);
+        let mut segments = feed(&mut packager, &stream(0, 5000));
+        packager.discontinuity();
+        // The closed segment comes out of the next call, here the new publish's first header.
+        segments.extend(started(&mut packager));
+        segments.extend(feed(&mut packager, &stream(0, 4100)));
+        segments.extend(packager.finish());
+        assert_eq!(
+            summary(&segments),
+            vec![
+                (0, 0, false, 2000),
+                (1, 0, false, 2000),
+                // Last frame at 4966 ms plus its 33 ms step.
+                (2, 0, false, 999),
+                (3, 1, true, 2000),
+                (4, 1, false, 2000),
+                (5, 1, false, 99),
+            ]
+        );
+    }
+
+    #[test]
+    fn timestamps_wrapping_past_u32_max_keep_segments_in_order() {
+        // Start 3 s before the wrap, on a 2 s boundary of the raw clock's own grid.
+        let start = u32::MAX - 2999;
+        let mut packager = Packager::new(PackagerOptions::default());
+        packager.push_video(start, &avc_header()).unwrap();
+        packager.push_audio(start, &AAC_HEADER).unwrap();
+        let segments = feed_shifted(&mut packager, &stream(0, 9000), start);
+        let sequences: Vec<u64> = segments.iter().map(|s| s.sequence).collect();
+        assert!(
+            sequences.windows(2).all(|w| w[1] == w[0] + 1),
+            "{sequences:?}"
+        );
+        assert!(segments.iter().all(|s| s.duration_ms == 2000));
+        assert!(segments
+            .windows(2)
+            .all(|w| w[1].first_pts_90k == w[0].first_pts_90k + 180_000));
+    }
+
+    #[test]
+    fn other_codecs_and_broken_headers_are_errors() {
+        let mut packager = Packager::new(PackagerOptions::default());
+        assert_eq!(
+            packager.push_video(0, &[0x1c, 0, 0, 0, 0]),
+            Err(MediaError::UnsupportedVideoCodec(12))
+        );
+        assert_eq!(
+            packager.push_audio(0, &[0x2f, 0]),
+            Err(MediaError::UnsupportedAudioCodec(2))
+        );
+        assert_eq!(
+            packager.push_video(0, &video(true, 0, 0)),
+            Err(MediaError::MissingAvcConfig)
+        );
+        let header = avc_header();
+        for end in 5..header.len() {
+            assert!(matches!(
+                packager.push_video(0, &header[..end]),
+                Err(MediaError::BadAvcConfig(_))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_stream_without_keyframes_fails_after_the_timeout() {
+        let mut packager = Packager::new(PackagerOptions::default());
+        started(&mut packager);
+        let mut failure = None;
+        for i in 0..400u32 {
+            if let Err(err) = packager.push_video(i * 33, &video(false, 0, i)) {
+                failure = Some((i * 33, err));
+                break;
+            }
+        }
+        let (at, err) = failure.unwrap();
+        assert!(at > 10_000 && at < 10_100, "{at}");
+        assert!(matches!(
+            err,
+            MediaError::NoKeyframe {
+                limit_ms: 10_000,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn audio_only_publish_fails_for_want_of_keyframes() {
+        let mut packager = Packager::new(PackagerOptions::default());
+        packager.push_audio(0, &AAC_HEADER).unwrap();
+        let result: Result<Vec<_>, _> = (0..500u32)
+            .map(|i| packager.push_audio(i * 23, &audio(i)))
+            .collect();
+        assert!(matches!(result, Err(MediaError::NoKeyframe { .. })));
+    }
+}
