@@ -29,7 +29,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::{Bound, Range};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
@@ -45,6 +45,7 @@ use pingora::cache::storage::{
 };
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheEntryKey, CacheKey, CacheMeta, Storage};
+use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use tokio::sync::watch;
 
@@ -84,32 +85,55 @@ pub struct StorageStats {
     pub in_flight_fills: usize,
 }
 
-/// A [`CacheMeta`] in pingora's own binary form: `(internal, header)`, as `serialize` returns.
+/// A [`CacheMeta`] kept half-parsed for fast hits.
+///
+/// pingora's `CacheMeta::deserialize` decompresses and parses the response header on every call
+/// (measured here: ~13 µs per hit unoptimised, 4× the alternative). So only the small internal
+/// part is kept serialized (pingora exposes no other constructor that preserves `updated`, which
+/// the `Age` header derives from) and the header is kept parsed and cloned per hit.
 #[derive(Clone)]
-struct SerializedMeta {
+struct StoredMeta {
     internal: Vec<u8>,
-    header: Vec<u8>,
+    header: ResponseHeader,
+    /// Serialized size of the header, for the weigher.
+    header_len: usize,
     /// When the object may be dropped (see [`retain_until`]); `None` = only by size pressure.
     retain_until: Option<SystemTime>,
 }
 
-impl SerializedMeta {
+impl StoredMeta {
     fn new(meta: &CacheMeta) -> Result<Self> {
         let (internal, header) = meta.serialize()?;
-        Ok(SerializedMeta {
+        Ok(StoredMeta {
             internal,
-            header,
+            header: meta.response_header_copy(),
+            header_len: header.len(),
             retain_until: retain_until(meta),
         })
     }
 
-    fn deserialize(&self) -> Result<CacheMeta> {
-        CacheMeta::deserialize(&self.internal, &self.header)
+    fn to_cache_meta(&self) -> Result<CacheMeta> {
+        let mut meta = CacheMeta::deserialize(&self.internal, headerless()?)?;
+        *meta.response_header_mut() = self.header.clone();
+        Ok(meta)
     }
 
     fn len(&self) -> usize {
-        self.internal.len() + self.header.len()
+        self.internal.len() + self.header_len
     }
+}
+
+/// A serialized empty response header: the cheapest header to hand `CacheMeta::deserialize`
+/// before the real, already parsed header replaces it.
+fn headerless() -> Result<&'static [u8]> {
+    static HEADERLESS: OnceLock<Vec<u8>> = OnceLock::new();
+    if let Some(bytes) = HEADERLESS.get() {
+        return Ok(bytes);
+    }
+    let now = SystemTime::now();
+    let empty = ResponseHeader::build(200, Some(0))?;
+    let (_, bytes) = CacheMeta::new(now, now, 0, 0, empty).serialize()?;
+    Ok(HEADERLESS.get_or_init(|| bytes))
 }
 
 /// Freshness end + the longer serve-stale window + [`STALE_RETENTION`].
@@ -129,7 +153,7 @@ struct Entry {
     /// Which write produced this object, so a late removal notice for an older object under the
     /// same hash cannot drop the index slot of a newer one.
     generation: u64,
-    meta: SerializedMeta,
+    meta: StoredMeta,
     body: Bytes,
 }
 
@@ -147,7 +171,7 @@ impl Entry {
     }
 }
 
-fn object_weight(primary: &str, meta: &SerializedMeta, body_len: usize) -> usize {
+fn object_weight(primary: &str, meta: &StoredMeta, body_len: usize) -> usize {
     ENTRY_OVERHEAD_BYTES
         .saturating_add(primary.len())
         .saturating_add(meta.len())
@@ -244,7 +268,7 @@ struct Fill {
     id: u64,
     hash: HashBinary,
     primary: Arc<str>,
-    meta: SerializedMeta,
+    meta: StoredMeta,
     progress: watch::Sender<Progress>,
     /// Set by a purge: the fill keeps feeding its current readers (the bytes are genuine) but new
     /// lookups no longer see it and `finish` does not commit it, since its response predates the
@@ -254,7 +278,7 @@ struct Fill {
 
 impl Fill {
     fn partial_hit(&self) -> Result<(CacheMeta, HitHandler)> {
-        let meta = self.meta.deserialize()?;
+        let meta = self.meta.to_cache_meta()?;
         let reader = HitBody::Partial(PartialHit {
             progress: self.progress.subscribe(),
             next_chunk: 0,
@@ -493,7 +517,7 @@ impl Storage for MokaStorage {
         let Some(entry) = self.objects.get(&hash) else {
             return Ok(None);
         };
-        let meta = entry.meta.deserialize()?;
+        let meta = entry.meta.to_cache_meta()?;
         let reader = HitBody::Complete(CompleteHit {
             body: entry.body.clone(),
             range: 0..entry.body.len(),
@@ -535,7 +559,7 @@ impl Storage for MokaStorage {
     ) -> Result<MissHandler> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let primary: Arc<str> = Arc::from(String::from_utf8_lossy(key.primary_key()).as_ref());
-        let meta = SerializedMeta::new(meta)?;
+        let meta = StoredMeta::new(meta)?;
         let base_weight = object_weight(&primary, &meta, 0);
         let (progress, _) = watch::channel(Progress::default());
         let fill = Arc::new(Fill {
@@ -582,7 +606,7 @@ impl Storage for MokaStorage {
         meta: &CacheMeta,
         _trace: &SpanHandle,
     ) -> Result<bool> {
-        let meta = SerializedMeta::new(meta)?;
+        let meta = StoredMeta::new(meta)?;
         // Compute, not get-then-insert: an object evicted while its revalidation was in flight
         // must stay gone rather than be resurrected with a fresh meta.
         let result =
@@ -822,7 +846,6 @@ impl HandleHit for HitBody {
 mod tests {
     use super::*;
     use pingora::cache::trace::Span;
-    use pingora::http::ResponseHeader;
 
     const PENDING: Duration = Duration::from_millis(50);
     const READY: Duration = Duration::from_secs(5);
@@ -1215,6 +1238,9 @@ mod tests {
 
         let (meta, mut reader) = store.lookup(&key, &span()).await.unwrap().unwrap();
         assert!(meta.is_fresh(later));
+        // `updated` is what the Age header counts from after a revalidation.
+        assert_eq!(meta.updated(), revalidated.updated());
+        assert_ne!(meta.updated(), meta.created());
         assert_eq!(meta.stale_while_revalidate_sec(), 5);
         assert_eq!(meta.stale_if_error_sec(), 10);
         assert_eq!(read_all(&mut reader).await.unwrap(), b"#EXTM3U");
