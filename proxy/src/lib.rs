@@ -1,6 +1,134 @@
-//! Placeholder until the crate's first module lands.
+//! Parallax cache tier: a Pingora edge cache for live HLS.
+//!
+//! One process terminates client HTTP(S), answers from a shared in-memory cache, coalesces
+//! concurrent misses into one origin fetch, and fails over between a primary and a backup
+//! origin. [`build_server`] assembles a pingora [`Server`] from a [`Config`]; the `proxy`
+//! binary parses flags and the TOML file and calls [`run`].
+//!
+//! # Layout
+//!
+//! - [`config`]: the whole configuration, TOML + validation.
+//! - [`service`]: the request path, pingora's `ProxyHttp` phases in order.
+//! - [`storage`]: the cache store, pingora's `Storage` on a byte-bounded moka cache.
+//! - [`rules`]: per-type TTL rules, Cache-Control decisions, the cache key.
+//! - [`upstream`]: origin groups, primary/backup choice, passive failure tracking.
+//! - [`health`]: active health checks and the stale-playlist detector.
+//! - [`metrics`]: the Prometheus registry and the handles the request path updates.
+//! - [`tls`]: rustls listeners, certificates by SNI.
+//!
+//! # Lifecycle
+//!
+//! SIGTERM first flips `/healthz` to 503 for `server.drain_secs` while traffic is still served
+//! (so a load balancer deregisters the instance), then starts pingora's graceful shutdown.
+//! SIGQUIT and `proxy -u` are pingora's graceful upgrade, unchanged. SIGINT stops at once.
+
+pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod rules;
+pub mod service;
 pub mod storage;
+pub mod tls;
 pub mod upstream;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::listening::Service;
+use pingora::Result;
+use tokio::signal::unix::{signal, SignalKind};
+use tracing::{error, info};
+
+pub use config::Config;
+pub use service::{EdgeProxy, Readiness};
+
+/// A built, not yet running proxy: the pingora server and the readiness flag its SIGTERM
+/// handler flips.
+pub struct Built {
+    /// The pingora server with every service added.
+    pub server: Server,
+    /// Shared with `/healthz`.
+    pub readiness: Arc<Readiness>,
+}
+
+/// Builds the pingora server for `config` (validated) with pingora's command-line options
+/// `opt` (`-u` upgrade, `-d` daemon, `-t` test).
+pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
+    let conf = ServerConf {
+        threads: config.threads(),
+        grace_period_seconds: Some(config.server.grace_period_secs),
+        graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_secs),
+        upgrade_sock: config.server.upgrade_sock.clone(),
+        pid_file: config.server.pid_file.clone(),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let readiness = Arc::new(Readiness::default());
+    let edge = EdgeProxy::new(config, readiness.clone())?;
+    let proxy = pingora::proxy::http_proxy(&server.configuration, edge);
+    let app = service::HeaderTimeout::new(
+        proxy,
+        Duration::from_millis(config.limits.header_read_timeout_ms),
+    );
+    let mut service = Service::new("parallax proxy".to_owned(), app);
+    if !config.listen.http.is_empty() {
+        service.add_tcp(&config.listen.http);
+    }
+    for listener in &config.listen.tls {
+        service.add_tls_with_settings(&listener.addr, None, tls::listener_settings(listener)?);
+    }
+    server.add_service(service);
+    Ok(Built { server, readiness })
+}
+
+/// Runs the proxy until it is told to stop; returns after a graceful or fast shutdown.
+pub fn run(config: &Config, opt: Opt) -> Result<()> {
+    let Built { server, readiness } = build_server(config, opt)?;
+    server.run(RunArgs {
+        shutdown_signal: Box::new(DrainingSignals {
+            readiness,
+            drain: Duration::from_secs(config.server.drain_secs),
+        }),
+    });
+    Ok(())
+}
+
+/// Pingora's Unix signal handling with a drain step in front of SIGTERM.
+struct DrainingSignals {
+    readiness: Arc<Readiness>,
+    drain: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for DrainingSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (mut quit, mut term, mut int) = match (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(quit), Ok(term), Ok(int)) => (quit, term, int),
+            _ => {
+                error!("cannot install signal handlers; shutting down");
+                return ShutdownSignal::FastShutdown;
+            }
+        };
+        tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = int.recv() => ShutdownSignal::FastShutdown,
+            _ = term.recv() => {
+                info!(drain_secs = self.drain.as_secs(), "SIGTERM: draining, /healthz now 503");
+                self.readiness.start_draining();
+                tokio::select! {
+                    _ = tokio::time::sleep(self.drain) => ShutdownSignal::GracefulTerminate,
+                    _ = int.recv() => ShutdownSignal::FastShutdown,
+                }
+            }
+        }
+    }
+}

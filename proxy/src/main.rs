@@ -1,2 +1,113 @@
-//! Placeholder binary.
-fn main() {}
+//! The `proxy` binary: parse flags and the TOML config, set up logging, run.
+//!
+//! `proxy --upstream 127.0.0.1:8081` alone is a working cache on `0.0.0.0:8080`; everything
+//! else lives in the config file (see `proxy/proxy.example.toml`). Flags override the file.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use parallax_proxy::config::{Config, GroupConfig, LogFormat};
+use pingora::server::configuration::Opt;
+
+/// Parallax edge cache for live HLS.
+#[derive(Debug, Parser)]
+#[command(name = "proxy", version)]
+struct Args {
+    /// TOML config file (see proxy.example.toml).
+    #[arg(short, long)]
+    config: Option<PathBuf>,
+    /// Primary origin host:port; replaces the upstream groups of the config file with one group.
+    #[arg(long)]
+    upstream: Option<String>,
+    /// Backup origin host:port for the --upstream group.
+    #[arg(long, requires = "upstream")]
+    backup: Option<String>,
+    /// Plain HTTP listen address (default 0.0.0.0:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Admin API bearer token; enables the admin API.
+    #[arg(long)]
+    admin_token: Option<String>,
+    /// Admin API listen address (default 127.0.0.1:9090).
+    #[arg(long)]
+    admin_addr: Option<String>,
+    /// Worker threads (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Pingora: take over the listeners of a running instance (graceful upgrade).
+    #[arg(short, long)]
+    upgrade: bool,
+    /// Pingora: run in the background.
+    #[arg(short, long)]
+    daemon: bool,
+    /// Pingora: validate the configuration and exit.
+    #[arg(short, long)]
+    test: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match load(&args) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(&config);
+    let opt = Opt {
+        upgrade: args.upgrade,
+        daemon: args.daemon,
+        test: args.test,
+        ..Opt::default()
+    };
+    match parallax_proxy::run(&config, opt) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("proxy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load(args: &Args) -> anyhow::Result<Config> {
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(primary) = &args.upstream {
+        config.upstream = vec![GroupConfig {
+            name: "default".into(),
+            primary: primary.clone(),
+            backup: args.backup.clone(),
+            ..GroupConfig::default()
+        }];
+        config.route.clear();
+    }
+    if let Some(listen) = &args.listen {
+        config.listen.http = listen.clone();
+    }
+    if let Some(token) = &args.admin_token {
+        config.admin.token = token.clone();
+    }
+    if let Some(addr) = &args.admin_addr {
+        config.admin.addr = addr.clone();
+    }
+    if let Some(threads) = args.threads {
+        config.server.threads = threads;
+    }
+    Ok(config.validate()?)
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

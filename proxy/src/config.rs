@@ -1,0 +1,652 @@
+//! The proxy's whole configuration: one TOML file, one [`Config`].
+//!
+//! Every section is `#[serde(default, deny_unknown_fields)]`: a missing key takes the documented
+//! default, a misspelt key is an error (a typo in `max_ttl_secs` silently caching segments
+//! forever is worse than refusing to start). [`Config::validate`] checks what serde cannot and
+//! names the offending key in its error. `proxy/proxy.example.toml` documents every key and is
+//! parsed by a unit test, so it cannot drift from this file.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// Why a configuration was rejected; each variant names the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file that was asked for.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML or has an unknown / mistyped key.
+    #[error("invalid config file {path}: {message}")]
+    Parse {
+        /// The file that was parsed.
+        path: PathBuf,
+        /// toml's message, which names the key and line.
+        message: String,
+    },
+    /// A value parsed but is out of range or inconsistent.
+    #[error("invalid config: `{key}`: {reason}")]
+    Invalid {
+        /// Dotted path of the offending key, e.g. `listen.http`.
+        key: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole proxy configuration.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Client-facing listeners (plain HTTP and TLS).
+    pub listen: ListenConfig,
+    /// Origin groups; the first one is the default route target.
+    pub upstream: Vec<GroupConfig>,
+    /// Host / path-prefix routes to upstream groups, first match wins; unmatched requests go to
+    /// the first upstream group.
+    pub route: Vec<RouteConfig>,
+    /// The shared object cache.
+    pub cache: CacheConfig,
+    /// The admin API (purge, stats, health).
+    pub admin: AdminConfig,
+    /// The Prometheus endpoint.
+    pub metrics: MetricsConfig,
+    /// Origin protection: reject requests lacking a shared secret header (CloudFront custom
+    /// origin header). Absent = off.
+    pub origin_protection: Option<OriginProtectionConfig>,
+    /// Request hardening limits.
+    pub limits: LimitsConfig,
+    /// Access and diagnostic logging.
+    pub log: LogConfig,
+    /// Process-level settings (threads, draining, graceful upgrade).
+    pub server: ServerConfig,
+}
+
+/// Client-facing listeners.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ListenConfig {
+    /// Plain HTTP listen address. Default `0.0.0.0:8080`; empty string disables it.
+    pub http: String,
+    /// TLS listeners (rustls); none by default.
+    pub tls: Vec<TlsListenerConfig>,
+}
+
+impl Default for ListenConfig {
+    fn default() -> Self {
+        ListenConfig {
+            http: "0.0.0.0:8080".into(),
+            tls: Vec::new(),
+        }
+    }
+}
+
+/// One TLS listener: an address and one or more certificates chosen by SNI.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsListenerConfig {
+    /// Listen address, e.g. `0.0.0.0:8443`. Required.
+    pub addr: String,
+    /// Offer HTTP/2 via ALPN (`h2`, then `http/1.1`). Default true.
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// Certificates; the first is served to clients whose SNI matches no other (or send none).
+    pub certs: Vec<CertConfig>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A certificate chain and its key, both PEM files.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct CertConfig {
+    /// PEM certificate chain, leaf first. Required.
+    pub cert_path: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1). Required.
+    pub key_path: PathBuf,
+    /// SNI names this certificate answers for (exact match, case-insensitive). Empty = only as
+    /// the default certificate.
+    pub server_names: Vec<String>,
+}
+
+/// An upstream group: a primary origin and an optional backup, tried in that order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GroupConfig {
+    /// Group name, referenced by routes. Required, unique.
+    pub name: String,
+    /// Primary origin `host:port`. Required.
+    pub primary: String,
+    /// Backup origin `host:port`, used when the primary fails. Optional.
+    pub backup: Option<String>,
+    /// TCP connect timeout in milliseconds. Default 1000.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Time to the first response byte for segments and other objects, in milliseconds.
+    /// Default 2000.
+    #[serde(default = "default_first_byte_timeout_ms")]
+    pub first_byte_timeout_ms: u64,
+    /// Time to the first response byte for playlists (`.m3u8`), in milliseconds. Default 1000:
+    /// a live playlist older than a target duration is useless, so fail over sooner.
+    #[serde(default = "default_playlist_first_byte_timeout_ms")]
+    pub playlist_first_byte_timeout_ms: u64,
+}
+
+impl Default for GroupConfig {
+    fn default() -> Self {
+        GroupConfig {
+            name: String::new(),
+            primary: String::new(),
+            backup: None,
+            connect_timeout_ms: default_connect_timeout_ms(),
+            first_byte_timeout_ms: default_first_byte_timeout_ms(),
+            playlist_first_byte_timeout_ms: default_playlist_first_byte_timeout_ms(),
+        }
+    }
+}
+
+fn default_connect_timeout_ms() -> u64 {
+    1000
+}
+fn default_first_byte_timeout_ms() -> u64 {
+    2000
+}
+fn default_playlist_first_byte_timeout_ms() -> u64 {
+    1000
+}
+
+/// A route: requests matching `host` (if set) and `path_prefix` (if set) go to `group`.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Host header to match, without port, case-insensitive. Empty = any host.
+    pub host: String,
+    /// Path prefix to match. Empty = any path.
+    pub path_prefix: String,
+    /// Name of the upstream group. Required.
+    pub group: String,
+}
+
+/// The shared object cache.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Upper bound on cached bytes (bodies + headers). Default 1 GiB.
+    pub max_bytes: u64,
+    /// How long a cache-lock writer may hold the lock before waiters stop trusting it and
+    /// compete again, in milliseconds. Default 5000; must exceed the slowest origin fetch you
+    /// want coalesced.
+    pub lock_age_timeout_ms: u64,
+    /// How long a request waits on another request's fill before going to the origin itself,
+    /// in milliseconds. Default 5000.
+    pub lock_wait_timeout_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: 1 << 30,
+            lock_age_timeout_ms: 5000,
+            lock_wait_timeout_ms: 5000,
+        }
+    }
+}
+
+/// The admin API listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address. Default `127.0.0.1:9090` (loopback: purge must not be public).
+    pub addr: String,
+    /// Bearer token clients must send. Empty (the default) disables the admin API.
+    pub token: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: "127.0.0.1:9090".into(),
+            token: String::new(),
+        }
+    }
+}
+
+/// The Prometheus scrape endpoint.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Listen address for `GET /metrics`. Empty (the default) disables the endpoint.
+    pub addr: String,
+}
+
+/// Origin protection: only requests carrying `header: secret` are served.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct OriginProtectionConfig {
+    /// Header name, e.g. `x-origin-verify`. Required.
+    pub header: String,
+    /// The shared secret value. Required, at least 16 bytes.
+    pub secret: String,
+}
+
+/// Request hardening limits the proxy enforces on top of pingora's own (pingora rejects request
+/// heads over 1 MiB and more than 256 header lines with 400).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Longest accepted request target (path + query) in bytes; longer → 414. Default 8192.
+    pub max_uri_bytes: usize,
+    /// Largest accepted sum of header names and values in bytes; larger → 431. Default 32768.
+    pub max_header_bytes: usize,
+    /// Longest a client may stay silent while sending its request head, in milliseconds;
+    /// then the connection is closed (slowloris). Default 10000.
+    pub header_read_timeout_ms: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_uri_bytes: 8192,
+            max_header_bytes: 32 * 1024,
+            header_read_timeout_ms: 10_000,
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Access log format: `text` (default) or `json`.
+    pub format: LogFormat,
+    /// `tracing` filter directive, e.g. `info` or `parallax_proxy=debug`. Default `info`;
+    /// the `RUST_LOG` environment variable overrides it.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Access log output format.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable `key=value` lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Process-level settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Worker threads per listening service. Default 0 = one per CPU.
+    pub threads: usize,
+    /// After SIGTERM, how long `/healthz` answers 503 while still serving, before the graceful
+    /// shutdown starts, in seconds. Default 5: longer than an ALB health-check interval times its
+    /// unhealthy threshold should be used in production (e.g. 15 for 5 s × 2 + margin).
+    pub drain_secs: u64,
+    /// Pingora's grace period: after the shutdown starts, how long in-flight requests may
+    /// finish, in seconds. Default 5.
+    pub grace_period_secs: u64,
+    /// Pingora's final step: how long runtimes get to stop, in seconds. Default 5.
+    pub graceful_shutdown_timeout_secs: u64,
+    /// Unix socket used to hand listeners to a new process on graceful upgrade (`proxy -u`).
+    /// Default `/tmp/parallax_proxy_upgrade.sock`.
+    pub upgrade_sock: String,
+    /// PID file. Default `/tmp/parallax_proxy.pid`.
+    pub pid_file: String,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            threads: 0,
+            drain_secs: 5,
+            grace_period_secs: 5,
+            graceful_shutdown_timeout_secs: 5,
+            upgrade_sock: "/tmp/parallax_proxy_upgrade.sock".into(),
+            pid_file: "/tmp/parallax_proxy.pid".into(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and parses `path` (no validation; call [`Config::validate`]).
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses TOML text (no validation).
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from("<inline>"),
+            message: e.to_string(),
+        })
+    }
+
+    /// Checks what serde cannot: addresses parse, names resolve, ranges hold. Returns the first
+    /// problem, naming its key.
+    pub fn validate(self) -> Result<Config, ConfigError> {
+        if !self.listen.http.is_empty() {
+            check_addr("listen.http", &self.listen.http)?;
+        }
+        if self.listen.http.is_empty() && self.listen.tls.is_empty() {
+            return Err(ConfigError::invalid(
+                "listen",
+                "no listener: set listen.http or add a [[listen.tls]]",
+            ));
+        }
+        for (i, tls) in self.listen.tls.iter().enumerate() {
+            let key = format!("listen.tls[{i}]");
+            check_addr(&format!("{key}.addr"), &tls.addr)?;
+            if tls.certs.is_empty() {
+                return Err(ConfigError::invalid(
+                    format!("{key}.certs"),
+                    "at least one certificate is required",
+                ));
+            }
+            for (j, cert) in tls.certs.iter().enumerate() {
+                for (field, path) in [("cert_path", &cert.cert_path), ("key_path", &cert.key_path)]
+                {
+                    if path.as_os_str().is_empty() {
+                        return Err(ConfigError::invalid(
+                            format!("{key}.certs[{j}].{field}"),
+                            "required",
+                        ));
+                    }
+                }
+            }
+        }
+
+        if self.upstream.is_empty() {
+            return Err(ConfigError::invalid(
+                "upstream",
+                "at least one [[upstream]] group is required (or pass --upstream host:port)",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, group) in self.upstream.iter().enumerate() {
+            let key = format!("upstream[{i}]");
+            if group.name.is_empty() {
+                return Err(ConfigError::invalid(format!("{key}.name"), "required"));
+            }
+            if !names.insert(group.name.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("{key}.name"),
+                    format!("duplicate group name {:?}", group.name),
+                ));
+            }
+            check_host_port(&format!("{key}.primary"), &group.primary)?;
+            if let Some(backup) = &group.backup {
+                check_host_port(&format!("{key}.backup"), backup)?;
+            }
+            for (field, value) in [
+                ("connect_timeout_ms", group.connect_timeout_ms),
+                ("first_byte_timeout_ms", group.first_byte_timeout_ms),
+                (
+                    "playlist_first_byte_timeout_ms",
+                    group.playlist_first_byte_timeout_ms,
+                ),
+            ] {
+                if value == 0 {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.{field}"),
+                        "must be greater than 0",
+                    ));
+                }
+            }
+        }
+        for (i, route) in self.route.iter().enumerate() {
+            if !names.contains(route.group.as_str()) {
+                return Err(ConfigError::invalid(
+                    format!("route[{i}].group"),
+                    format!("no [[upstream]] group named {:?}", route.group),
+                ));
+            }
+            if !route.path_prefix.is_empty() && !route.path_prefix.starts_with('/') {
+                return Err(ConfigError::invalid(
+                    format!("route[{i}].path_prefix"),
+                    "must start with '/'",
+                ));
+            }
+        }
+
+        if self.cache.max_bytes == 0 {
+            return Err(ConfigError::invalid(
+                "cache.max_bytes",
+                "must be greater than 0",
+            ));
+        }
+        if self.cache.lock_age_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "cache.lock_age_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.cache.lock_wait_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "cache.lock_wait_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+
+        if !self.admin.token.is_empty() {
+            check_addr("admin.addr", &self.admin.addr)?;
+            if self.admin.token.len() < 16 {
+                return Err(ConfigError::invalid(
+                    "admin.token",
+                    "must be at least 16 bytes",
+                ));
+            }
+        }
+        if !self.metrics.addr.is_empty() {
+            check_addr("metrics.addr", &self.metrics.addr)?;
+        }
+        if let Some(protection) = &self.origin_protection {
+            if http::HeaderName::from_bytes(protection.header.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(
+                    "origin_protection.header",
+                    "must be a valid HTTP header name",
+                ));
+            }
+            if protection.secret.len() < 16 {
+                return Err(ConfigError::invalid(
+                    "origin_protection.secret",
+                    "must be at least 16 bytes",
+                ));
+            }
+        }
+
+        if !(256..=1024 * 1024).contains(&self.limits.max_uri_bytes) {
+            return Err(ConfigError::invalid(
+                "limits.max_uri_bytes",
+                "must be between 256 and 1048576",
+            ));
+        }
+        if !(1024..=1024 * 1024).contains(&self.limits.max_header_bytes) {
+            return Err(ConfigError::invalid(
+                "limits.max_header_bytes",
+                "must be between 1024 and 1048576",
+            ));
+        }
+        if self.limits.header_read_timeout_ms == 0 {
+            return Err(ConfigError::invalid(
+                "limits.header_read_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self
+            .log
+            .filter
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err(ConfigError::invalid(
+                "log.filter",
+                "not a valid tracing filter directive",
+            ));
+        }
+        Ok(self)
+    }
+
+    /// The worker thread count to use: `server.threads`, or one per CPU when 0.
+    pub fn threads(&self) -> usize {
+        if self.server.threads > 0 {
+            self.server.threads
+        } else {
+            std::thread::available_parallelism().map_or(1, usize::from)
+        }
+    }
+}
+
+fn check_addr(key: &str, value: &str) -> Result<(), ConfigError> {
+    value
+        .parse::<SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| ConfigError::invalid(key, format!("{value:?} is not an ip:port address")))
+}
+
+fn check_host_port(key: &str, value: &str) -> Result<(), ConfigError> {
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(())
+        }
+        _ => Err(ConfigError::invalid(
+            key,
+            format!("{value:?} is not a host:port address"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn minimal() -> Config {
+        Config::from_toml(
+            r#"
+            [[upstream]]
+            name = "live"
+            primary = "127.0.0.1:8081"
+            "#,
+        )
+        .unwrap()
+    }
+
+    fn rejected_key(text: &str) -> String {
+        match Config::from_toml(text).unwrap().validate() {
+            Err(ConfigError::Invalid { key, .. }) => key,
+            other => panic!("expected an Invalid error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let config = minimal().validate().unwrap();
+        assert_eq!(config.listen.http, "0.0.0.0:8080");
+        assert!(config.listen.tls.is_empty());
+        assert_eq!(config.admin.addr, "127.0.0.1:9090");
+        assert!(config.admin.token.is_empty());
+        assert!(config.metrics.addr.is_empty());
+        assert!(config.origin_protection.is_none());
+        assert_eq!(config.cache.max_bytes, 1 << 30);
+        assert_eq!(config.limits.max_uri_bytes, 8192);
+        assert_eq!(config.log.format, LogFormat::Text);
+        assert_eq!(config.upstream[0].connect_timeout_ms, 1000);
+        assert_eq!(config.upstream[0].first_byte_timeout_ms, 2000);
+        assert_eq!(config.upstream[0].playlist_first_byte_timeout_ms, 1000);
+        assert_eq!(config.server.drain_secs, 5);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_naming_the_key() {
+        let err = Config::from_toml("[cache]\nmax_byte = 5\n").unwrap_err();
+        assert!(err.to_string().contains("max_byte"), "{err}");
+    }
+
+    #[test]
+    fn a_config_without_upstreams_is_rejected() {
+        assert_eq!(rejected_key(""), "upstream");
+    }
+
+    #[test]
+    fn bad_values_are_rejected_naming_the_key() {
+        let base = "[[upstream]]\nname = \"a\"\nprimary = \"127.0.0.1:1\"\n";
+        let cases = [
+            ("[listen]\nhttp = \"nope\"\n", "listen.http"),
+            ("[cache]\nmax_bytes = 0\n", "cache.max_bytes"),
+            ("[admin]\ntoken = \"short\"\n", "admin.token"),
+            (
+                "[origin_protection]\nheader = \"x-secret\"\nsecret = \"s\"\n",
+                "origin_protection.secret",
+            ),
+            (
+                "[origin_protection]\nheader = \"bad header\"\nsecret = \"0123456789abcdef\"\n",
+                "origin_protection.header",
+            ),
+            ("[limits]\nmax_uri_bytes = 10\n", "limits.max_uri_bytes"),
+            ("[[route]]\ngroup = \"missing\"\n", "route[0].group"),
+            (
+                "[[listen.tls]]\naddr = \"127.0.0.1:8443\"\n",
+                "listen.tls[0].certs",
+            ),
+        ];
+        for (extra, key) in cases {
+            assert_eq!(rejected_key(&format!("{base}{extra}")), key, "{extra}");
+        }
+        assert_eq!(
+            rejected_key("[[upstream]]\nname = \"a\"\nprimary = \"nohost\"\n"),
+            "upstream[0].primary"
+        );
+        assert_eq!(
+            rejected_key(&format!(
+                "{base}[[upstream]]\nname = \"a\"\nprimary = \"h:2\"\n"
+            )),
+            "upstream[1].name"
+        );
+    }
+
+    #[test]
+    fn the_example_config_parses_and_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.example.toml");
+        let config = Config::from_file(&path).unwrap().validate().unwrap();
+        assert!(!config.upstream.is_empty());
+    }
+}

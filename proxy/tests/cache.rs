@@ -1,0 +1,182 @@
+//! Cache behaviour end to end: the real `proxy` binary in front of the in-test origin.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn config(origin: &Origin) -> String {
+    format!(
+        "[[upstream]]\nname = \"live\"\nprimary = \"{}\"\n",
+        origin.host_port()
+    )
+}
+
+#[tokio::test]
+async fn a_repeated_request_is_served_from_cache_with_age_and_x_cache() {
+    let origin = Origin::start().await;
+    origin.set("/live/1.ts", Reply::ok(pattern(10_000, 1)));
+    let proxy = Proxy::start(&config(&origin)).await;
+
+    let first = get(proxy.addr, "/live/1.ts").await.unwrap();
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-cache"), Some("MISS"));
+    assert_eq!(first.body, pattern(10_000, 1));
+
+    let second = get(proxy.addr, "/live/1.ts").await.unwrap();
+    assert_eq!(second.status, 200);
+    assert_eq!(second.header("x-cache"), Some("HIT"));
+    assert!(second.header("age").is_some(), "{second:?}");
+    assert!(second.header("via").is_some_and(|v| v.contains("parallax")));
+    assert_eq!(second.body, pattern(10_000, 1));
+    assert_eq!(origin.hits("/live/1.ts"), 1);
+}
+
+#[tokio::test]
+async fn a_playlist_is_refetched_after_its_ttl_but_a_segment_is_not() {
+    let origin = Origin::start().await;
+    origin.set("/live/index.m3u8", Reply::ok("#EXTM3U\n"));
+    origin.set("/live/7.ts", Reply::ok(pattern(1000, 7)));
+    let proxy = Proxy::start(&config(&origin)).await;
+
+    for path in ["/live/index.m3u8", "/live/7.ts"] {
+        assert_eq!(get(proxy.addr, path).await.unwrap().status, 200);
+        assert_eq!(get(proxy.addr, path).await.unwrap().status, 200);
+        assert_eq!(origin.hits(path), 1, "{path} within its TTL");
+    }
+    // Playlist TTL is 1 s by default; segments live for a day.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    for path in ["/live/index.m3u8", "/live/7.ts"] {
+        assert_eq!(get(proxy.addr, path).await.unwrap().status, 200);
+    }
+    assert_eq!(origin.hits("/live/index.m3u8"), 2);
+    assert_eq!(origin.hits("/live/7.ts"), 1);
+}
+
+#[tokio::test]
+async fn a_thousand_concurrent_misses_cost_one_origin_request_and_all_get_the_body() {
+    let origin = Origin::start().await;
+    let body = pattern(256 * 1024, 9);
+    origin.set(
+        "/live/burst.ts",
+        Reply::ok(body.clone()).delay(Duration::from_millis(200)),
+    );
+    let proxy = Proxy::start(&config(&origin)).await;
+
+    let started = Instant::now();
+    let clients: Vec<_> = (0..1000)
+        .map(|_| {
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                let t = Instant::now();
+                (get(addr, "/live/burst.ts").await, t.elapsed())
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for client in clients {
+        let (resp, latency) = client.await.unwrap();
+        let resp = resp.unwrap();
+        assert_eq!(resp.status, 200);
+        assert!(resp.complete);
+        assert!(resp.body == body, "a client got a different body");
+        latencies.push(latency);
+    }
+    assert_eq!(origin.hits("/live/burst.ts"), 1);
+    let max = latencies.iter().max().unwrap();
+    eprintln!(
+        "1000 clients: wall {:?}, max latency {max:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_aborted_fill_is_not_served_as_complete_nor_cached() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/live/broken.ts",
+        Reply::ok(pattern(200_000, 3)).fault(Fault::DropMidBody),
+    );
+    let proxy = Proxy::start(&config(&origin)).await;
+
+    let first = get(proxy.addr, "/live/broken.ts").await.unwrap();
+    assert!(
+        !first.complete || first.status >= 500,
+        "truncated body served as complete: status {}, {} bytes",
+        first.status,
+        first.body.len()
+    );
+
+    origin.set("/live/broken.ts", Reply::ok(pattern(200_000, 4)));
+    let second = get(proxy.addr, "/live/broken.ts").await.unwrap();
+    assert_eq!(second.status, 200);
+    assert!(second.complete);
+    assert!(
+        second.body == pattern(200_000, 4),
+        "the partial fill was cached"
+    );
+    assert_eq!(origin.hits("/live/broken.ts"), 2);
+}
+
+#[tokio::test]
+async fn conditional_and_range_requests_are_answered_from_cache() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/live/2.ts",
+        Reply::ok(pattern(4096, 2)).header("etag", "\"v2\""),
+    );
+    let proxy = Proxy::start(&config(&origin)).await;
+    assert_eq!(get(proxy.addr, "/live/2.ts").await.unwrap().status, 200);
+
+    let not_modified = get_with(proxy.addr, "/live/2.ts", &[("if-none-match", "\"v2\"")])
+        .await
+        .unwrap();
+    assert_eq!(not_modified.status, 304);
+
+    let range = get_with(proxy.addr, "/live/2.ts", &[("range", "bytes=100-199")])
+        .await
+        .unwrap();
+    assert_eq!(range.status, 206);
+    assert_eq!(range.body, pattern(4096, 2)[100..200].to_vec());
+
+    let head = request(proxy.addr, "HEAD", "/live/2.ts", &[])
+        .await
+        .unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("content-length"), Some("4096"));
+    assert_eq!(origin.hits("/live/2.ts"), 1);
+}
+
+#[tokio::test]
+async fn a_missing_segment_is_negatively_cached_for_a_second() {
+    let origin = Origin::start().await;
+    let proxy = Proxy::start(&config(&origin)).await;
+    for _ in 0..5 {
+        assert_eq!(get(proxy.addr, "/live/99.ts").await.unwrap().status, 404);
+    }
+    assert_eq!(origin.hits("/live/99.ts"), 1);
+}
+
+#[tokio::test]
+async fn the_forwarded_request_carries_x_forwarded_for_and_via() {
+    let origin = Origin::start().await;
+    origin.set("/live/3.ts", Reply::ok("x"));
+    let proxy = Proxy::start(&config(&origin)).await;
+    get_with(
+        proxy.addr,
+        "/live/3.ts",
+        &[("x-forwarded-for", "203.0.113.7")],
+    )
+    .await
+    .unwrap();
+    let seen = origin.seen();
+    let request = seen.last().unwrap();
+    assert_eq!(
+        request.header("x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1")
+    );
+    assert!(request
+        .header("via")
+        .is_some_and(|v| v.contains("parallax")));
+}
