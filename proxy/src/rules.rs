@@ -338,6 +338,9 @@ pub enum NoStoreReason {
     OriginPrivate,
     /// The origin sent `Vary: *`: no request can be known to match the stored one.
     VaryAny,
+    /// The origin set a cookie: replaying it to every client would share one client's session
+    /// (nginx `proxy_cache` and Varnish refuse these too).
+    SetCookie,
     /// The status is not one a shared cache stores (e.g. 206, 302, 403).
     Status,
     /// An error response whose freshness is zero (negative caching off, or the origin said so).
@@ -351,6 +354,7 @@ impl NoStoreReason {
             NoStoreReason::OriginNoStore => "origin_no_store",
             NoStoreReason::OriginPrivate => "origin_private",
             NoStoreReason::VaryAny => "vary_any",
+            NoStoreReason::SetCookie => "set_cookie",
             NoStoreReason::Status => "status",
             NoStoreReason::ZeroNegativeTtl => "zero_negative_ttl",
         }
@@ -570,7 +574,8 @@ impl CacheRules {
 
     /// Whether and how long to store `resp` under `rule`.
     ///
-    /// In order: with `honor_origin`, `no-store`, `private` and `Vary: *` mean no store. 404,
+    /// In order: with `honor_origin`, `no-store`, `private`, `Vary: *` and `Set-Cookie` mean no
+    /// store. 404,
     /// 410 and 5xx get `negative_ttl_secs` (or the origin's freshness if shorter) and no stale
     /// serving. Other statuses outside 200/203/204/300/301/304/308 are not stored. Success
     /// responses get `force_ttl_secs` if set, else the origin's freshness (`s-maxage`, then
@@ -597,6 +602,11 @@ impl CacheRules {
         if config.honor_origin && vary_any(resp) {
             return Decision::NoStore {
                 reason: NoStoreReason::VaryAny,
+            };
+        }
+        if config.honor_origin && resp.headers.contains_key(http::header::SET_COOKIE) {
+            return Decision::NoStore {
+                reason: NoStoreReason::SetCookie,
             };
         }
         let origin_fresh_secs = || {
@@ -653,9 +663,24 @@ impl CacheRules {
     /// What pingora's `response_cache_filter` should return for `resp` to a request for `path`:
     /// picks the rule ([`CacheRules::rule_for_response`]), decides, and builds the
     /// [`CacheMeta`] (fresh until, created now, stale windows, the header to store).
+    ///
+    /// The stored header never carries `Set-Cookie` (only reachable with `honor_origin` off) nor
+    /// the fields an origin names in `private="…"` / `no-cache="…"`, which a shared cache must not
+    /// store (RFC 9111 §5.2.2.4, §5.2.2.7).
     pub fn response_cacheable(&self, path: &str, resp: &ResponseHeader) -> RespCacheable {
         let rule = self.rule_for_response(path, resp);
-        self.decide(rule, resp).into_resp_cacheable(resp.clone())
+        let decision = self.decide(rule, resp);
+        if let Decision::NoStore { .. } = decision {
+            return decision.into_resp_cacheable(resp.clone());
+        }
+        let mut header = resp.clone();
+        header.remove_header(&http::header::SET_COOKIE);
+        if rule.config.honor_origin {
+            if let Some(cc) = CacheControl::from_resp_headers(resp) {
+                cc.strip_private_headers(&mut header);
+            }
+        }
+        decision.into_resp_cacheable(header)
     }
 }
 
@@ -829,6 +854,42 @@ mod tests {
                 reason: NoStoreReason::VaryAny
             }
         );
+        assert_eq!(
+            decide("/v/1.ts", 200, &[("set-cookie", "session=1")]),
+            Decision::NoStore {
+                reason: NoStoreReason::SetCookie
+            }
+        );
+    }
+
+    #[test]
+    fn stored_headers_drop_cookies_and_fields_the_origin_marked_private() {
+        let rules = CacheRules::default();
+        let resp = response(
+            200,
+            &[
+                ("cache-control", "max-age=60, private=\"x-user\""),
+                ("x-user", "alice"),
+                ("content-type", "video/mp2t"),
+            ],
+        );
+        let RespCacheable::Cacheable(meta) = rules.response_cacheable("/v/1.ts", &resp) else {
+            panic!("private with field names still allows storing the rest");
+        };
+        assert!(meta.headers().get("x-user").is_none());
+        assert!(meta.headers().get("content-type").is_some());
+
+        let rules = rules_with(RuleConfig {
+            name: "ignore-origin".to_owned(),
+            path_suffixes: vec![".ts".to_owned()],
+            honor_origin: false,
+            ..RuleConfig::default()
+        });
+        let resp = response(200, &[("set-cookie", "session=1")]);
+        let RespCacheable::Cacheable(meta) = rules.response_cacheable("/v/1.ts", &resp) else {
+            panic!("with honor_origin off a cookie does not prevent storing");
+        };
+        assert!(meta.headers().get("set-cookie").is_none());
     }
 
     #[test]
