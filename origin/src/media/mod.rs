@@ -42,10 +42,11 @@
 //! under the same name. The one exception is a keyframe at timestamp 0 on a fresh timeline: no
 //! keyframe can precede it, so it always starts (and publishes) a segment.
 //!
-//! Every published segment begins at such a keyframe, lasts until the next one (EXTINF is the
-//! difference of the two keyframe timestamps) and carries everything that arrived in between,
-//! so sequence, name, EXTINF, PTS and bytes agree across origins. No local counter and no wall
-//! clock enters the numbering.
+//! Every published segment begins at such a keyframe and lasts until the next one (EXTINF is
+//! the difference of the two keyframe timestamps). It carries the video frames in between and
+//! the audio stamped from its keyframe's PTS to the next one's (with B-frames a keyframe is
+//! presented after audio that arrives after it), so sequence, name, EXTINF, PTS and bytes agree
+//! across origins. No local counter and no wall clock enters the numbering.
 //!
 //! Encoder requirement: the keyframe interval must divide `T` (2 s at 30 fps: `keyint=60`, or 30,
 //! …). A longer interval leaves slots without a keyframe: the segment then runs to the next

@@ -1,8 +1,9 @@
 //! One live stream's packaging: FLV tag bodies in, finished MPEG-TS segments out.
 //!
 //! [`Packager`] ties the stages of this module together for one stream and survives encoder
-//! reconnects. It holds at most one open segment (bounded by the keyframe timeout below) and no
-//! history: the caller lists the [`Segment`]s it returns, e.g. in a
+//! reconnects. It holds the open segment (bounded by the keyframe timeout below), briefly the
+//! one before it (until audio reaches the new segment's first PTS), and no history: the caller
+//! lists the [`Segment`]s it returns, e.g. in a
 //! [`LiveWindow`](super::playlist::LiveWindow).
 
 use bytes::Bytes;
@@ -111,6 +112,16 @@ struct OpenSegment {
     last_video_ms: i64,
 }
 
+/// A segment whose video ended at the last cut but which still takes the audio stamped before
+/// that cut's keyframe is *presented* (see [`Packager::push_audio`]).
+#[derive(Debug)]
+struct Closing {
+    segment: Option<OpenSegment>,
+    end_ms: i64,
+    /// Audio stamped before this belongs to `segment` (or, if it was not published, nowhere).
+    audio_until_ms: i64,
+}
+
 /// Packages one live stream; see the [module doc of `media`](super) for the rules it follows.
 #[derive(Debug)]
 pub struct Packager {
@@ -120,7 +131,8 @@ pub struct Packager {
     avc: Option<AvcConfig>,
     aac: Option<AacConfig>,
     open: Option<OpenSegment>,
-    /// Segments closed by [`Packager::discontinuity`], handed out by the next call.
+    closing: Option<Closing>,
+    /// Finished segments not yet handed out; every public call returns them.
     pending: Vec<Segment>,
     /// Timeline position of the last keyframe (or of the timeline's first frame).
     keyframe_wait_from_ms: Option<i64>,
@@ -140,6 +152,7 @@ impl Packager {
             avc: None,
             aac: None,
             open: None,
+            closing: None,
             pending: Vec::new(),
             keyframe_wait_from_ms: None,
             last_video: None,
@@ -153,7 +166,8 @@ impl Packager {
     }
 
     /// An FLV VIDEODATA tag body (what an RTMP video message carries) at RTMP time `ts_ms`.
-    /// Returns the segments this tag finished (a keyframe on a boundary closes the open one).
+    /// Returns the segments finished by now: a segment is finished once the keyframe that
+    /// starts the next one has arrived and audio or video has reached that keyframe's PTS.
     ///
     /// Errors leave the packager usable, but the caller should treat them as fatal for the
     /// publish: they mean the codec is wrong or the encoder sends broken data.
@@ -179,8 +193,13 @@ impl Packager {
         result
     }
 
-    /// An FLV AUDIODATA tag body at RTMP time `ts_ms`. Audio joins the open segment; before the
-    /// first keyframe there is none and the audio is dropped.
+    /// An FLV AUDIODATA tag body at RTMP time `ts_ms`.
+    ///
+    /// Audio is split between segments at the PTS of the keyframe that starts the next one,
+    /// not at its arrival: with B-frames that keyframe is presented a few frames after it is
+    /// decoded, and audio stamped in between belongs with the video presented before it. So
+    /// every segment's audio starts at its first video frame's PTS, whichever origin wrote it.
+    /// Audio before the first keyframe has no segment and is dropped.
     pub fn push_audio(&mut self, ts_ms: u32, tag: &[u8]) -> Result<Vec<Segment>, MediaError> {
         let raw = match flv::parse_audio_tag(tag)? {
             AudioTag::SequenceHeader(asc) => {
@@ -194,11 +213,18 @@ impl Packager {
         let t = self.timeline.unwrap(ts_ms);
         self.check_keyframe_wait(t)?;
         self.segmenter.on_frame(t);
-        if let Some(open) = self.open.as_mut().filter(|open| open.with_audio) {
+        let target = match &mut self.closing {
+            Some(closing) if t < closing.audio_until_ms => closing.segment.as_mut(),
+            _ => {
+                self.finish_closing();
+                self.open.as_mut()
+            }
+        };
+        if let Some(segment) = target.filter(|segment| segment.with_audio) {
             self.scratch.clear();
             self.scratch.extend_from_slice(&header);
             self.scratch.extend_from_slice(raw);
-            open.writer.write_audio(to_90k(t), &self.scratch);
+            segment.writer.write_audio(to_90k(t), &self.scratch);
         }
         Ok(std::mem::take(&mut self.pending))
     }
@@ -208,8 +234,12 @@ impl Packager {
     /// and the next keyframe starts a segment with EXT-X-DISCONTINUITY on a new timeline.
     /// Numbering continues monotonically. Calling it again before new media changes nothing.
     pub fn discontinuity(&mut self) {
-        if let Some(segment) = self.close_at_last_frame() {
-            self.pending.push(segment);
+        self.finish_closing();
+        if let Some(open) = self.open.take() {
+            // No next keyframe will come: the segment ends one frame after its last video frame.
+            let frame_ms = self.last_video.map_or(0, |(_, step)| step.max(0));
+            let end_ms = open.last_video_ms + frame_ms;
+            self.pending.push(self.close(open, end_ms));
         }
         self.segmenter.discontinuity();
         self.timeline.reset();
@@ -234,18 +264,22 @@ impl Packager {
         annex_b: &[u8],
     ) -> Result<Vec<Segment>, MediaError> {
         let t = self.timeline.unwrap(ts_ms);
+        let pts_ms = t + i64::from(cts_ms);
         if keyframe {
             self.keyframe_wait_from_ms = Some(t);
             if let KeyframeDecision::Start(start) = self.segmenter.on_keyframe(t) {
-                if let Some(done) = self.close(t) {
-                    self.pending.push(done);
-                }
+                // A segment shorter than the keyframe's composition offset: nothing more to wait for.
+                self.finish_closing();
+                self.closing = Some(Closing {
+                    segment: self.open.take(),
+                    end_ms: t,
+                    audio_until_ms: pts_ms,
+                });
                 if start.publish {
-                    let pts = to_90k(t + i64::from(cts_ms));
                     self.open = Some(OpenSegment {
                         start,
                         start_ms: t,
-                        first_pts_90k: pts,
+                        first_pts_90k: to_90k(pts_ms),
                         writer: TsWriter::new(self.aac.is_some()),
                         with_audio: self.aac.is_some(),
                         last_video_ms: t,
@@ -258,10 +292,18 @@ impl Packager {
         }
         self.last_video = Some((t, self.last_video.map_or(0, |(last, _)| t - last)));
         if let Some(open) = &mut self.open {
-            let dts = to_90k(t);
-            let pts = to_90k(t + i64::from(cts_ms));
-            open.writer.write_video(pts, dts, keyframe, annex_b);
+            open.writer
+                .write_video(to_90k(pts_ms), to_90k(t), keyframe, annex_b);
             open.last_video_ms = t;
+        }
+        // Audio is interleaved by decode time, so once video is decoded up to the cut's PTS
+        // the audio before it has arrived too.
+        if self
+            .closing
+            .as_ref()
+            .is_some_and(|closing| t >= closing.audio_until_ms)
+        {
+            self.finish_closing();
         }
         Ok(std::mem::take(&mut self.pending))
     }
@@ -281,13 +323,24 @@ impl Packager {
         Ok(())
     }
 
-    /// Closes the open segment at `end_ms`, the start of the next one.
-    fn close(&mut self, end_ms: i64) -> Option<Segment> {
-        let open = self.open.take()?;
+    /// Hands the closing segment (if it was published) to `pending`.
+    fn finish_closing(&mut self) {
+        if let Some(Closing {
+            segment: Some(segment),
+            end_ms,
+            ..
+        }) = self.closing.take()
+        {
+            let done = self.close(segment, end_ms);
+            self.pending.push(done);
+        }
+    }
+
+    /// Turns a segment ending at `end_ms` into its final form.
+    fn close(&self, open: OpenSegment, end_ms: i64) -> Segment {
         let duration_ms = u32::try_from((end_ms - open.start_ms).max(0)).unwrap_or(u32::MAX);
-        let target_secs = self.opts.target_duration_secs();
         // RFC 8216 §4.3.3.1: EXTINF rounded to the nearest second must not exceed the target.
-        if duration_ms.saturating_add(500) / 1000 > target_secs {
+        if duration_ms.saturating_add(500) / 1000 > self.opts.target_duration_secs() {
             tracing::warn!(
                 sequence = open.start.sequence,
                 duration_ms,
@@ -296,7 +349,7 @@ impl Packager {
             );
         }
         let sequence = open.start.sequence;
-        Some(Segment {
+        Segment {
             sequence,
             discontinuity_sequence: open.start.discontinuity_sequence,
             discontinuity: open.start.discontinuity,
@@ -304,15 +357,7 @@ impl Packager {
             name: format!("{sequence}.ts"),
             first_pts_90k: open.first_pts_90k,
             data: open.writer.finish(),
-        })
-    }
-
-    /// Closes the open segment when no next keyframe will come: it ends one frame duration
-    /// after its last video frame.
-    fn close_at_last_frame(&mut self) -> Option<Segment> {
-        let last_video_ms = self.open.as_ref()?.last_video_ms;
-        let frame_ms = self.last_video.map_or(0, |(_, step)| step.max(0));
-        self.close(last_video_ms + frame_ms)
+        }
     }
 }
 
@@ -449,6 +494,42 @@ mod tests {
         }
         let last = packager.finish();
         assert_eq!(summary(&last), vec![(3, 0, false, 999)]);
+    }
+
+    /// PTS of every audio PES in a segment.
+    fn audio_pts(data: &[u8]) -> Vec<u64> {
+        data.chunks(188)
+            .filter(|p| u16::from_be_bytes([p[1], p[2]]) == 0x4000 | crate::media::ts::AUDIO_PID)
+            .map(|p| {
+                let payload = if p[3] & 0x20 != 0 {
+                    &p[5 + usize::from(p[4])..]
+                } else {
+                    &p[4..]
+                };
+                let ts = &payload[9..14];
+                u64::from(ts[0] >> 1 & 7) << 30
+                    | u64::from(ts[1]) << 22
+                    | u64::from(ts[2] >> 1) << 15
+                    | u64::from(ts[3]) << 7
+                    | u64::from(ts[4] >> 1)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn audio_is_split_at_the_presentation_time_of_the_cutting_keyframe() {
+        let mut packager = Packager::new(PackagerOptions::default());
+        started(&mut packager);
+        let segments = feed(&mut packager, &stream(0, 4100));
+        let cut = segments[1].first_pts_90k;
+        assert_eq!(cut, (2000 + 33 + 10_000) * 90);
+        let first = audio_pts(&segments[0].data);
+        let second = audio_pts(&segments[1].data);
+        // The AAC frame stamped 2020 ms arrives after the keyframe (2000 ms) but is presented
+        // before it (2033 ms), so it closes the first segment.
+        assert_eq!(first.last(), Some(&((2020 + 10_000) * 90)));
+        assert!(second.iter().all(|pts| *pts >= cut));
+        assert_eq!(second.first(), Some(&((2043 + 10_000) * 90)));
     }
 
     #[test]
