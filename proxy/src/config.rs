@@ -12,6 +12,9 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::rules::{default_rules, CacheKeyConfig, CacheRules, RuleConfig, RulesError};
+use crate::upstream::{GroupConfig, UpstreamError};
+
 /// Why a configuration was rejected; each variant names the key at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -56,11 +59,11 @@ impl ConfigError {
 pub struct Config {
     /// Client-facing listeners (plain HTTP and TLS).
     pub listen: ListenConfig,
-    /// Origin groups; the first one is the default route target.
-    pub upstream: Vec<GroupConfig>,
-    /// Host / path-prefix routes to upstream groups, first match wins; unmatched requests go to
-    /// the first upstream group.
-    pub route: Vec<RouteConfig>,
+    /// Origin groups (`[[upstreams]]`); the first one is the default route target.
+    pub upstreams: Vec<GroupConfig>,
+    /// Host / path-prefix routes to upstream groups (`[[routes]]`), first match wins; unmatched
+    /// requests go to the first upstream group.
+    pub routes: Vec<RouteConfig>,
     /// The shared object cache.
     pub cache: CacheConfig,
     /// The admin API (purge, stats, health).
@@ -127,52 +130,6 @@ pub struct CertConfig {
     pub server_names: Vec<String>,
 }
 
-/// An upstream group: a primary origin and an optional backup, tried in that order.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct GroupConfig {
-    /// Group name, referenced by routes. Required, unique.
-    pub name: String,
-    /// Primary origin `host:port`. Required.
-    pub primary: String,
-    /// Backup origin `host:port`, used when the primary fails. Optional.
-    pub backup: Option<String>,
-    /// TCP connect timeout in milliseconds. Default 1000.
-    #[serde(default = "default_connect_timeout_ms")]
-    pub connect_timeout_ms: u64,
-    /// Time to the first response byte for segments and other objects, in milliseconds.
-    /// Default 2000.
-    #[serde(default = "default_first_byte_timeout_ms")]
-    pub first_byte_timeout_ms: u64,
-    /// Time to the first response byte for playlists (`.m3u8`), in milliseconds. Default 1000:
-    /// a live playlist older than a target duration is useless, so fail over sooner.
-    #[serde(default = "default_playlist_first_byte_timeout_ms")]
-    pub playlist_first_byte_timeout_ms: u64,
-}
-
-impl Default for GroupConfig {
-    fn default() -> Self {
-        GroupConfig {
-            name: String::new(),
-            primary: String::new(),
-            backup: None,
-            connect_timeout_ms: default_connect_timeout_ms(),
-            first_byte_timeout_ms: default_first_byte_timeout_ms(),
-            playlist_first_byte_timeout_ms: default_playlist_first_byte_timeout_ms(),
-        }
-    }
-}
-
-fn default_connect_timeout_ms() -> u64 {
-    1000
-}
-fn default_first_byte_timeout_ms() -> u64 {
-    2000
-}
-fn default_playlist_first_byte_timeout_ms() -> u64 {
-    1000
-}
-
 /// A route: requests matching `host` (if set) and `path_prefix` (if set) go to `group`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -191,6 +148,11 @@ pub struct RouteConfig {
 pub struct CacheConfig {
     /// Upper bound on cached bytes (bodies + headers). Default 1 GiB.
     pub max_bytes: u64,
+    /// TTL rules (`[[cache.rules]]`), first match wins, the last must be a catch-all. Default:
+    /// playlists (honor origin, capped at 1 s), segments (1 day), catch-all.
+    pub rules: Vec<RuleConfig>,
+    /// What makes up the cache key.
+    pub key: CacheKeyConfig,
     /// How long a cache-lock writer may hold the lock before waiters stop trusting it and
     /// compete again, in milliseconds. Default 5000; must exceed the slowest origin fetch you
     /// want coalesced.
@@ -204,6 +166,8 @@ impl Default for CacheConfig {
     fn default() -> Self {
         CacheConfig {
             max_bytes: 1 << 30,
+            rules: default_rules(),
+            key: CacheKeyConfig::default(),
             lock_age_timeout_ms: 5000,
             lock_wait_timeout_ms: 5000,
         }
@@ -395,54 +359,32 @@ impl Config {
             }
         }
 
-        if self.upstream.is_empty() {
+        if self.upstreams.is_empty() {
             return Err(ConfigError::invalid(
-                "upstream",
-                "at least one [[upstream]] group is required (or pass --upstream host:port)",
+                "upstreams",
+                "at least one [[upstreams]] group is required (or pass --upstream host:port)",
             ));
         }
         let mut names = HashSet::new();
-        for (i, group) in self.upstream.iter().enumerate() {
-            let key = format!("upstream[{i}]");
-            if group.name.is_empty() {
-                return Err(ConfigError::invalid(format!("{key}.name"), "required"));
-            }
+        for group in &self.upstreams {
+            group.validate().map_err(ConfigError::from)?;
             if !names.insert(group.name.as_str()) {
                 return Err(ConfigError::invalid(
-                    format!("{key}.name"),
-                    format!("duplicate group name {:?}", group.name),
+                    format!("upstreams[{}].name", group.name),
+                    "used by two groups",
                 ));
             }
-            check_host_port(&format!("{key}.primary"), &group.primary)?;
-            if let Some(backup) = &group.backup {
-                check_host_port(&format!("{key}.backup"), backup)?;
-            }
-            for (field, value) in [
-                ("connect_timeout_ms", group.connect_timeout_ms),
-                ("first_byte_timeout_ms", group.first_byte_timeout_ms),
-                (
-                    "playlist_first_byte_timeout_ms",
-                    group.playlist_first_byte_timeout_ms,
-                ),
-            ] {
-                if value == 0 {
-                    return Err(ConfigError::invalid(
-                        format!("{key}.{field}"),
-                        "must be greater than 0",
-                    ));
-                }
-            }
         }
-        for (i, route) in self.route.iter().enumerate() {
+        for (i, route) in self.routes.iter().enumerate() {
             if !names.contains(route.group.as_str()) {
                 return Err(ConfigError::invalid(
-                    format!("route[{i}].group"),
-                    format!("no [[upstream]] group named {:?}", route.group),
+                    format!("routes[{i}].group"),
+                    format!("no [[upstreams]] group named {:?}", route.group),
                 ));
             }
             if !route.path_prefix.is_empty() && !route.path_prefix.starts_with('/') {
                 return Err(ConfigError::invalid(
-                    format!("route[{i}].path_prefix"),
+                    format!("routes[{i}].path_prefix"),
                     "must start with '/'",
                 ));
             }
@@ -454,6 +396,8 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        CacheRules::new(self.cache.rules.clone(), self.cache.key.clone())
+            .map_err(ConfigError::from)?;
         if self.cache.lock_age_timeout_ms == 0 {
             return Err(ConfigError::invalid(
                 "cache.lock_age_timeout_ms",
@@ -543,15 +487,25 @@ fn check_addr(key: &str, value: &str) -> Result<(), ConfigError> {
         .map_err(|_| ConfigError::invalid(key, format!("{value:?} is not an ip:port address")))
 }
 
-fn check_host_port(key: &str, value: &str) -> Result<(), ConfigError> {
-    match value.rsplit_once(':') {
-        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
-            Ok(())
+impl From<UpstreamError> for ConfigError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::InvalidConfig { key, reason } => ConfigError::Invalid { key, reason },
+            other => ConfigError::invalid("upstreams", other.to_string()),
         }
-        _ => Err(ConfigError::invalid(
-            key,
-            format!("{value:?} is not a host:port address"),
-        )),
+    }
+}
+
+impl From<RulesError> for ConfigError {
+    fn from(e: RulesError) -> Self {
+        let key = match &e {
+            RulesError::InvalidRule { index, field, .. } => format!("cache.rules[{index}].{field}"),
+            RulesError::InvalidKey { field, .. } => format!("cache.key.{field}"),
+            RulesError::NoRules
+            | RulesError::NoCatchAll { .. }
+            | RulesError::Unreachable { .. } => "cache.rules".to_owned(),
+        };
+        ConfigError::invalid(key, e.to_string())
     }
 }
 
@@ -562,9 +516,9 @@ mod tests {
     fn minimal() -> Config {
         Config::from_toml(
             r#"
-            [[upstream]]
+            [[upstreams]]
             name = "live"
-            primary = "127.0.0.1:8081"
+            primary.address = "127.0.0.1:8081"
             "#,
         )
         .unwrap()
@@ -589,9 +543,10 @@ mod tests {
         assert_eq!(config.cache.max_bytes, 1 << 30);
         assert_eq!(config.limits.max_uri_bytes, 8192);
         assert_eq!(config.log.format, LogFormat::Text);
-        assert_eq!(config.upstream[0].connect_timeout_ms, 1000);
-        assert_eq!(config.upstream[0].first_byte_timeout_ms, 2000);
-        assert_eq!(config.upstream[0].playlist_first_byte_timeout_ms, 1000);
+        assert_eq!(config.upstreams[0].connect_timeout_ms, 1000);
+        assert_eq!(config.upstreams[0].first_byte_timeout_ms, 2000);
+        assert_eq!(config.upstreams[0].playlist_first_byte_timeout_ms, 1000);
+        assert_eq!(config.cache.rules, default_rules());
         assert_eq!(config.server.drain_secs, 5);
     }
 
@@ -603,12 +558,12 @@ mod tests {
 
     #[test]
     fn a_config_without_upstreams_is_rejected() {
-        assert_eq!(rejected_key(""), "upstream");
+        assert_eq!(rejected_key(""), "upstreams");
     }
 
     #[test]
     fn bad_values_are_rejected_naming_the_key() {
-        let base = "[[upstream]]\nname = \"a\"\nprimary = \"127.0.0.1:1\"\n";
+        let base = "[[upstreams]]\nname = \"a\"\nprimary.address = \"127.0.0.1:1\"\n";
         let cases = [
             ("[listen]\nhttp = \"nope\"\n", "listen.http"),
             ("[cache]\nmax_bytes = 0\n", "cache.max_bytes"),
@@ -622,7 +577,11 @@ mod tests {
                 "origin_protection.header",
             ),
             ("[limits]\nmax_uri_bytes = 10\n", "limits.max_uri_bytes"),
-            ("[[route]]\ngroup = \"missing\"\n", "route[0].group"),
+            ("[[routes]]\ngroup = \"missing\"\n", "routes[0].group"),
+            (
+                "[[cache.rules]]\nname = \"only-ts\"\npath_suffixes = [\".ts\"]\n",
+                "cache.rules",
+            ),
             (
                 "[[listen.tls]]\naddr = \"127.0.0.1:8443\"\n",
                 "listen.tls[0].certs",
@@ -632,14 +591,14 @@ mod tests {
             assert_eq!(rejected_key(&format!("{base}{extra}")), key, "{extra}");
         }
         assert_eq!(
-            rejected_key("[[upstream]]\nname = \"a\"\nprimary = \"nohost\"\n"),
-            "upstream[0].primary"
+            rejected_key("[[upstreams]]\nname = \"a\"\nprimary.address = \"nohost\"\n"),
+            "upstreams[a].primary.address"
         );
         assert_eq!(
             rejected_key(&format!(
-                "{base}[[upstream]]\nname = \"a\"\nprimary = \"h:2\"\n"
+                "{base}[[upstreams]]\nname = \"a\"\nprimary.address = \"h:2\"\n"
             )),
-            "upstream[1].name"
+            "upstreams[a].name"
         );
     }
 
@@ -647,6 +606,7 @@ mod tests {
     fn the_example_config_parses_and_validates() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.example.toml");
         let config = Config::from_file(&path).unwrap().validate().unwrap();
-        assert!(!config.upstream.is_empty());
+        assert_eq!(config.upstreams.len(), 2);
+        assert!(config.origin_protection.is_some());
     }
 }

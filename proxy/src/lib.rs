@@ -38,20 +38,24 @@ use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
-use pingora::Result;
+use pingora::{ErrorType, OrErr, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
 pub use config::Config;
-pub use service::{EdgeProxy, Readiness};
+pub use service::{EdgeProxy, Readiness, Shared};
 
-/// A built, not yet running proxy: the pingora server and the readiness flag its SIGTERM
-/// handler flips.
+use metrics::{CacheStats, Metrics};
+use rules::CacheRules;
+use storage::MokaStorage;
+use upstream::Upstreams;
+
+/// A built, not yet running proxy: the pingora server and the parts its services share.
 pub struct Built {
     /// The pingora server with every service added.
     pub server: Server,
-    /// Shared with `/healthz`.
-    pub readiness: Arc<Readiness>,
+    /// Upstreams, cache, rules, metrics and the readiness flag the SIGTERM handler flips.
+    pub shared: Arc<Shared>,
 }
 
 /// Builds the pingora server for `config` (validated) with pingora's command-line options
@@ -69,7 +73,36 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
     server.bootstrap();
 
     let readiness = Arc::new(Readiness::default());
-    let edge = EdgeProxy::new(config, readiness.clone())?;
+    let metrics = Arc::new(Metrics::new().or_err(ErrorType::InternalError, "metrics registry")?);
+    let upstreams = Upstreams::new(&config.upstreams, metrics.clone())
+        .or_err(ErrorType::InternalError, "upstream groups")?;
+    let rules = CacheRules::new(config.cache.rules.clone(), config.cache.key.clone())
+        .or_err(ErrorType::InternalError, "cache rules")?;
+    let storage = MokaStorage::new(config.cache.max_bytes).leak();
+    metrics.set_cache_stats_source(Box::new(move || {
+        let stats = storage.stats();
+        CacheStats {
+            bytes: stats.bytes,
+            items: stats.items,
+            evictions: stats.evictions,
+        }
+    }));
+    server.add_services(upstreams.background_services());
+    if !config.metrics.addr.is_empty() {
+        server.add_service(metrics::metrics_service(
+            metrics.clone(),
+            &config.metrics.addr,
+        ));
+    }
+    let shared = Arc::new(Shared {
+        upstreams,
+        storage,
+        rules,
+        metrics,
+        readiness: readiness.clone(),
+    });
+
+    let edge = EdgeProxy::new(config, shared.clone())?;
     let proxy = pingora::proxy::http_proxy(&server.configuration, edge);
     let app = service::HeaderTimeout::new(
         proxy,
@@ -83,15 +116,15 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
         service.add_tls_with_settings(&listener.addr, None, tls::listener_settings(listener)?);
     }
     server.add_service(service);
-    Ok(Built { server, readiness })
+    Ok(Built { server, shared })
 }
 
 /// Runs the proxy until it is told to stop; returns after a graceful or fast shutdown.
 pub fn run(config: &Config, opt: Opt) -> Result<()> {
-    let Built { server, readiness } = build_server(config, opt)?;
+    let Built { server, shared } = build_server(config, opt)?;
     server.run(RunArgs {
         shutdown_signal: Box::new(DrainingSignals {
-            readiness,
+            readiness: shared.readiness.clone(),
             drain: Duration::from_secs(config.server.drain_secs),
         }),
     });

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
-use parallax_proxy::config::{Config, GroupConfig, LogFormat};
+use parallax_proxy::config::{Config, LogFormat};
+use parallax_proxy::upstream::{GroupConfig, OriginConfig};
 use pingora::server::configuration::Opt;
 
 /// Parallax edge cache for live HLS.
@@ -77,13 +78,13 @@ fn load(args: &Args) -> anyhow::Result<Config> {
         None => Config::default(),
     };
     if let Some(primary) = &args.upstream {
-        config.upstream = vec![GroupConfig {
+        config.upstreams = vec![GroupConfig {
             name: "default".into(),
-            primary: primary.clone(),
-            backup: args.backup.clone(),
+            primary: OriginConfig::at(primary.clone()),
+            backup: args.backup.clone().map(OriginConfig::at),
             ..GroupConfig::default()
         }];
-        config.route.clear();
+        config.routes.clear();
     }
     if let Some(listen) = &args.listen {
         config.listen.http = listen.clone();

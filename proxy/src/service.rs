@@ -28,12 +28,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderName, HeaderValue, Method};
 use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
-use pingora::cache::cache_control::CacheControl;
-use pingora::cache::filters::resp_cacheable;
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
-use pingora::cache::{
-    CacheKey, CacheMetaDefaults, CacheOptionOverrides, CachePhase, MemCache, RespCacheable,
-};
+use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
@@ -43,7 +39,11 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{ErrorSource, ErrorType};
 use tracing::{info, warn, Span};
 
-use crate::config::{Config, GroupConfig, LimitsConfig};
+use crate::config::{Config, LimitsConfig};
+use crate::metrics::Metrics;
+use crate::rules::CacheRules;
+use crate::storage::MokaStorage;
+use crate::upstream::{FailureReason, Group, OriginId, RequestKind, Upstreams};
 
 /// The `Via` pseudonym we add to requests and responses (RFC 9110 §7.6.3).
 const VIA: &str = "1.1 parallax";
@@ -68,48 +68,6 @@ impl Readiness {
     }
 }
 
-/// What kind of object a path names; decides timeouts (and, via the rules, TTLs).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ObjectKind {
-    /// A live or VOD playlist (`.m3u8`): small, short-lived, latency-critical.
-    Playlist,
-    /// Media segments and everything else.
-    Segment,
-}
-
-impl ObjectKind {
-    fn of(path: &str) -> Self {
-        if path.ends_with(".m3u8") {
-            ObjectKind::Playlist
-        } else {
-            ObjectKind::Segment
-        }
-    }
-}
-
-/// An origin pair picked per attempt. Attempt 0 goes to the primary, later attempts alternate
-/// with the backup when there is one.
-struct OriginPair {
-    config: GroupConfig,
-}
-
-impl OriginPair {
-    fn attempts(&self) -> usize {
-        if self.config.backup.is_some() {
-            2
-        } else {
-            1
-        }
-    }
-
-    fn pick(&self, attempt: usize) -> &str {
-        match (&self.config.backup, attempt % 2) {
-            (Some(backup), 1) => backup,
-            _ => &self.config.primary,
-        }
-    }
-}
-
 /// A host / path-prefix route resolved to a group index.
 struct Route {
     host: String,
@@ -121,42 +79,51 @@ struct Route {
 pub struct RequestCtx {
     started: Instant,
     span: Span,
+    /// Index of the routed group in `Upstreams::groups`.
     group: usize,
-    kind: ObjectKind,
+    kind: RequestKind,
     /// Upstream attempts made so far; the next `upstream_peer` call uses this as its index.
     attempt: usize,
-    /// The origin of the latest attempt, for logs.
-    origin: Option<String>,
+    /// The origin of the latest attempt and when its request went out.
+    origin: Option<(OriginId, Instant)>,
+}
+
+/// What the request path shares with the rest of the process: built once in
+/// [`crate::build_server`], also handed to the admin API and the metrics endpoint.
+pub struct Shared {
+    /// Origin groups and their health.
+    pub upstreams: Upstreams,
+    /// The cache store.
+    pub storage: &'static MokaStorage,
+    /// TTL rules and the cache key.
+    pub rules: CacheRules,
+    /// Metric handles.
+    pub metrics: Arc<Metrics>,
+    /// Draining flag behind `/healthz`.
+    pub readiness: Arc<Readiness>,
 }
 
 /// The Parallax [`ProxyHttp`] implementation.
 pub struct EdgeProxy {
-    groups: Vec<OriginPair>,
+    shared: Arc<Shared>,
     routes: Vec<Route>,
-    storage: &'static MemCache,
     cache_lock: &'static CacheKeyLockImpl,
     lock_wait_timeout: Duration,
     limits: LimitsConfig,
     protection: Option<(HeaderName, Vec<u8>)>,
-    readiness: Arc<Readiness>,
 }
 
 impl EdgeProxy {
-    /// Builds the proxy logic from a validated config.
-    pub fn new(config: &Config, readiness: Arc<Readiness>) -> Result<Self> {
-        let groups: Vec<OriginPair> = config
-            .upstream
-            .iter()
-            .map(|g| OriginPair { config: g.clone() })
-            .collect();
+    /// Builds the proxy logic from a validated config and the process-wide parts.
+    pub fn new(config: &Config, shared: Arc<Shared>) -> Result<Self> {
+        let groups = shared.upstreams.groups();
         let routes = config
-            .route
+            .routes
             .iter()
             .map(|r| {
-                let group = config
-                    .upstream
+                let group = groups
                     .iter()
-                    .position(|g| g.name == r.group)
+                    .position(|g| g.name() == r.group)
                     .or_err(ErrorType::InternalError, "route to unknown group")?;
                 Ok(Route {
                     host: r.host.to_ascii_lowercase(),
@@ -173,22 +140,30 @@ impl EdgeProxy {
             )),
             None => None,
         };
-        // Pingora's cache API takes `&'static` storage and lock: they live as long as the
-        // process, so leaking the one instance per server is the intended use.
-        let storage: &'static MemCache = Box::leak(Box::new(MemCache::new()));
+        // Pingora's cache API takes a `&'static` lock: it lives as long as the process, so
+        // leaking the one instance per server is the intended use.
         let cache_lock: &'static CacheKeyLockImpl = Box::leak(CacheLock::new_boxed(
             Duration::from_millis(config.cache.lock_age_timeout_ms),
         ));
         Ok(EdgeProxy {
-            groups,
+            shared,
             routes,
-            storage,
             cache_lock,
             lock_wait_timeout: Duration::from_millis(config.cache.lock_wait_timeout_ms),
             limits: config.limits.clone(),
             protection,
-            readiness,
         })
+    }
+
+    fn group(&self, ctx: &RequestCtx) -> &Arc<Group> {
+        let groups = self.shared.upstreams.groups();
+        // `Upstreams::new` refuses an empty group list, so index 0 exists.
+        groups.get(ctx.group).unwrap_or(&groups[0])
+    }
+
+    /// Whether another origin is left to try after the attempts made so far.
+    fn retry_left(&self, ctx: &RequestCtx) -> bool {
+        ctx.attempt < self.group(ctx).max_attempts()
     }
 
     /// The first route matching host and path, else the first group.
@@ -264,27 +239,6 @@ fn cache_status(phase: CachePhase) -> &'static str {
     }
 }
 
-/// TTLs by status while no per-rule configuration is loaded: playlists 1 s, segments 1 day,
-/// 404/5xx 1 s of negative caching. Origin `Cache-Control` takes precedence.
-const PLAYLIST_DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(
-    |status| match status.as_u16() {
-        200 => Some(Duration::from_secs(1)),
-        404 | 500..=599 => Some(Duration::from_secs(1)),
-        _ => None,
-    },
-    0,
-    0,
-);
-const SEGMENT_DEFAULTS: CacheMetaDefaults = CacheMetaDefaults::new(
-    |status| match status.as_u16() {
-        200 => Some(Duration::from_secs(86_400)),
-        404 | 500..=599 => Some(Duration::from_secs(1)),
-        _ => None,
-    },
-    0,
-    0,
-);
-
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
@@ -294,7 +248,7 @@ impl ProxyHttp for EdgeProxy {
             started: Instant::now(),
             span: Span::none(),
             group: 0,
-            kind: ObjectKind::Segment,
+            kind: RequestKind::Media,
             attempt: 0,
             origin: None,
         }
@@ -314,7 +268,7 @@ impl ProxyHttp for EdgeProxy {
         // Health checks come from the load balancer, not through CloudFront: answer them before
         // origin protection.
         if path == "/healthz" {
-            let (status, body) = if self.readiness.is_draining() {
+            let (status, body) = if self.shared.readiness.is_draining() {
                 (503, "draining\n")
             } else {
                 (200, "ok\n")
@@ -343,7 +297,7 @@ impl ProxyHttp for EdgeProxy {
             .unwrap_or_default()
             .to_owned();
         ctx.group = self.route(&host, &path);
-        ctx.kind = ObjectKind::of(&path);
+        ctx.kind = RequestKind::from_path(&path);
         Ok(false)
     }
 
@@ -352,7 +306,7 @@ impl ProxyHttp for EdgeProxy {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.lock_wait_timeout);
         session.cache.enable(
-            self.storage,
+            self.shared.storage,
             None,
             None,
             Some(self.cache_lock),
@@ -362,13 +316,10 @@ impl ProxyHttp for EdgeProxy {
     }
 
     fn cache_key_callback(&self, session: &Session, _ctx: &mut RequestCtx) -> Result<CacheKey> {
-        let req = session.req_header();
-        let host = req
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .unwrap_or_default();
-        Ok(CacheKey::new(format!("{host}{}", req.uri.path()), ""))
+        // The primary is the readable key string (not a hash of it) so the admin API can purge
+        // by URL or by stream prefix.
+        let key = self.shared.rules.cache_key(session.req_header().as_ref());
+        Ok(CacheKey::new(key, ""))
     }
 
     fn should_serve_stale(
@@ -387,9 +338,8 @@ impl ProxyHttp for EdgeProxy {
         }
         // An origin 5xx while the other origin is still untried: retry there first (a fresh
         // playlist from the backup beats a stale one).
-        let retry_left = ctx.attempt < self.groups[ctx.group].attempts();
         !(matches!(error.etype(), ErrorType::HTTPStatus(_))
-            && retry_left
+            && self.retry_left(ctx)
             && session.response_written().is_none())
     }
 
@@ -399,21 +349,12 @@ impl ProxyHttp for EdgeProxy {
         _session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let group = &self.groups[ctx.group];
-        let addr = group.pick(ctx.attempt).to_owned();
+        // The peer carries the connect timeout and, as pingora's per-read timeout, the
+        // first-byte timeout for this kind of object.
+        let (origin, peer) = self.group(ctx).pick_for(ctx.attempt, ctx.kind);
         ctx.attempt += 1;
-        let mut peer = HttpPeer::new(addr.as_str(), false, String::new());
-        peer.options.connection_timeout =
-            Some(Duration::from_millis(group.config.connect_timeout_ms));
-        // Pingora's read timeout bounds every read from the origin, the first one included:
-        // that makes it our first-byte timeout.
-        let first_byte_ms = match ctx.kind {
-            ObjectKind::Playlist => group.config.playlist_first_byte_timeout_ms,
-            ObjectKind::Segment => group.config.first_byte_timeout_ms,
-        };
-        peer.options.read_timeout = Some(Duration::from_millis(first_byte_ms));
-        ctx.origin = Some(addr);
-        Ok(Box::new(peer))
+        ctx.origin = Some((origin, Instant::now()));
+        Ok(peer)
     }
 
     // 4. Request to the origin.
@@ -421,10 +362,15 @@ impl ProxyHttp for EdgeProxy {
         &self,
         session: &mut Session,
         upstream: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         if let Some((name, _)) = &self.protection {
             upstream.remove_header(name);
+        }
+        if let Some((origin, _)) = ctx.origin {
+            if let Some(host) = self.group(ctx).host_header(origin) {
+                upstream.insert_header(header::HOST, host)?;
+            }
         }
         if let Some(ip) = session
             .client_addr()
@@ -444,8 +390,23 @@ impl ProxyHttp for EdgeProxy {
         upstream: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let retry_left = ctx.attempt < self.groups[ctx.group].attempts();
-        if upstream.status.is_server_error() && retry_left && session.response_written().is_none() {
+        let group = self.group(ctx);
+        if let Some((origin, sent)) = ctx.origin {
+            self.shared.metrics.observe_origin_request(
+                group.name(),
+                origin.as_str(),
+                sent.elapsed().as_secs_f64(),
+            );
+            if upstream.status.is_server_error() {
+                group.report_failure(origin, FailureReason::Status5xx);
+            } else {
+                group.report_success(origin);
+            }
+        }
+        if upstream.status.is_server_error()
+            && self.retry_left(ctx)
+            && session.response_written().is_none()
+        {
             let mut e = Error::explain(
                 ErrorType::HTTPStatus(upstream.status.as_u16()),
                 "origin answered 5xx, retrying on the other origin",
@@ -459,16 +420,12 @@ impl ProxyHttp for EdgeProxy {
     // 6. Cacheability.
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
-        ctx: &mut RequestCtx,
+        _ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        let defaults = match ctx.kind {
-            ObjectKind::Playlist => &PLAYLIST_DEFAULTS,
-            ObjectKind::Segment => &SEGMENT_DEFAULTS,
-        };
-        let cc = CacheControl::from_resp_headers(resp);
-        Ok(resp_cacheable(cc.as_ref(), resp.clone(), false, defaults))
+        let path = session.req_header().uri.path();
+        Ok(self.shared.rules.response_cacheable(path, resp))
     }
 
     // 7. Response to the client (hits included).
@@ -491,9 +448,13 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        if let Some((origin, _)) = ctx.origin {
+            self.group(ctx)
+                .report_failure(origin, FailureReason::classify(&e));
+        }
         // Connection refused / connect timeout: nothing was sent, always safe to try the other
         // origin if there is one.
-        e.set_retry(ctx.attempt < self.groups[ctx.group].attempts());
+        e.set_retry(self.retry_left(ctx));
         e
     }
 
@@ -506,10 +467,16 @@ impl ProxyHttp for EdgeProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
+        // Our own 5xx retry error was already reported in `upstream_response_filter`.
+        if let (Some((origin, _)), false) =
+            (ctx.origin, matches!(e.etype(), ErrorType::HTTPStatus(_)))
+        {
+            self.group(ctx)
+                .report_failure(origin, FailureReason::classify(&e));
+        }
         // Retry on the other origin only while the client has seen nothing: after the response
         // header went out, a second response cannot be spliced in.
-        let retry =
-            ctx.attempt < self.groups[ctx.group].attempts() && session.response_written().is_none();
+        let retry = self.retry_left(ctx) && session.response_written().is_none();
         e.set_retry(retry);
         e
     }
@@ -529,7 +496,8 @@ impl ProxyHttp for EdgeProxy {
             };
         }
         if status >= 500 {
-            warn!(parent: &ctx.span, error = %e, status, origin = ?ctx.origin, "proxy error");
+            let origin = ctx.origin.map(|(o, _)| o.as_str());
+            warn!(parent: &ctx.span, error = %e, status, origin, "proxy error");
         }
         let written = async {
             let mut resp = ResponseHeader::build(status, Some(4))?;
@@ -561,16 +529,28 @@ impl ProxyHttp for EdgeProxy {
         let status = session
             .response_written()
             .map_or_else(|| e.map_or(0, error_status), |r| r.status.as_u16());
+        let cache = cache_status(session.cache.phase());
+        let bytes = session.body_bytes_sent();
+        let metrics = &self.shared.metrics;
+        metrics
+            .requests
+            .with_label_values(&[&cache.to_ascii_lowercase()])
+            .inc();
+        metrics.bytes_served.inc_by(bytes as u64);
+        if session.cache.lock_duration().is_some() {
+            metrics.coalesced_waiters.inc();
+        }
         let _entered = ctx.span.enter();
         info!(
             target: "access",
             method = %req.method,
             path = %req.uri.path(),
             status,
-            cache = cache_status(session.cache.phase()),
-            upstream = ctx.origin.as_deref().unwrap_or("-"),
+            cache,
+            group = self.group(ctx).name(),
+            upstream = ctx.origin.map_or("-", |(o, _)| o.as_str()),
             attempts = ctx.attempt,
-            bytes = session.body_bytes_sent(),
+            bytes,
             duration_ms = ctx.started.elapsed().as_millis() as u64,
             background = session.subrequest_ctx.is_some(),
             error = e.map(|e| e.to_string()),
@@ -700,11 +680,5 @@ mod tests {
         assert_eq!(error_status(&status), 405);
         let gone = Error::new(ErrorType::WriteError).into_down();
         assert_eq!(error_status(&gone), 0);
-    }
-
-    #[test]
-    fn playlists_are_told_apart_from_segments() {
-        assert_eq!(ObjectKind::of("/live/a/index.m3u8"), ObjectKind::Playlist);
-        assert_eq!(ObjectKind::of("/live/a/12.ts"), ObjectKind::Segment);
     }
 }

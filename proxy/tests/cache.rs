@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn config(origin: &Origin) -> String {
-    format!(
-        "[[upstream]]\nname = \"live\"\nprimary = \"{}\"\n",
-        origin.host_port()
-    )
+    upstream_config(origin, None)
 }
 
 #[tokio::test]

@@ -46,6 +46,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A `[[upstreams]]` group named `live` with `primary` (and `backup`) as its origins and active
+/// health checks off, so the origins only see the requests a test makes.
+pub fn upstream_config(primary: &Origin, backup: Option<&Origin>) -> String {
+    let mut toml = format!(
+        "[[upstreams]]\nname = \"live\"\nprimary.address = \"{}\"\nhealth_check.enabled = false\n",
+        primary.host_port()
+    );
+    if let Some(backup) = backup {
+        toml.push_str(&format!("backup.address = \"{}\"\n", backup.host_port()));
+    }
+    toml
+}
+
 /// A fresh private directory under the system temp dir.
 pub fn temp_dir(label: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
