@@ -7,17 +7,39 @@
 //!
 //! # Layout
 //!
+//! The media path, one stage per module:
+//!
+//! ```text
+//! rtmp::server ──▶ hub ──▶ media::Packager ──▶ store (live/<s>/) ──▶ http
+//!   (dechunk,       (one task      (FLV → TS,          └──▶ record (vod/<s>/<id>/)
+//!    auth)           per stream)    segmenter, m3u8)
+//! ```
+//!
 //! - [`config`]: the whole [`Config`], its defaults and `validate()`.
-//! - [`rtmp`]: chunk-stream reassembly ([`rtmp::dechunk`]) and publish authorization
-//!   ([`rtmp::auth`]).
-//! - [`store`]: the data directory layout, atomic writes, safe names.
-//! - [`record`]: the `/vod` listing and the post-record hook.
-//! - [`media`]: pure FLV → MPEG-TS packaging, segmenting and playlists.
+//! - [`rtmp`]: the RTMP listener: handshake, chunk-stream reassembly ([`rtmp::dechunk`]),
+//!   rml_rtmp session events, publish authorization ([`rtmp::auth`]).
+//! - [`hub`]: the registry of live streams; one task per stream drives its packager, handles
+//!   takeover and the reconnect grace.
+//! - [`media`]: pure FLV → MPEG-TS packaging, epoch-locked segmenting, playlist rendering.
+//! - [`store`]: the data directory: atomic playlist and segment writes, availability-time
+//!   deletion, safe names.
+//! - [`record`]: recordings (hard links of the live segments), VOD playlists, the `/vod` listing,
+//!   the post-record hook.
 //! - [`http`]: the hyper server for live and VOD HLS.
 //! - [`publisher`]: a built-in RTMP publisher looping a bundled test clip.
+//!
+//! [`run`] starts everything on listeners the caller bound, so `main.rs` and the integration
+//! tests (which bind `127.0.0.1:0`) run the same server.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 pub mod config;
 pub mod http;
+pub mod hub;
 pub mod media;
 pub mod publisher;
 pub mod record;
@@ -25,3 +47,69 @@ pub mod rtmp;
 pub mod store;
 
 pub use config::Config;
+pub use hub::Hub;
+
+/// Why the origin stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum OriginError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    /// The data directory cannot be created.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// A listener failed.
+    #[error("serving: {0}")]
+    Serve(#[from] std::io::Error),
+}
+
+/// Runs the origin on already-bound listeners until `shutdown` resolves, then ends every
+/// stream (ENDLIST, recordings finalized) and returns.
+///
+/// The listen addresses in `config` are ignored here; the caller bound `rtmp` and `http`.
+pub async fn run(
+    rtmp: TcpListener,
+    http: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), OriginError> {
+    let config = config.validate()?;
+    store::create_dir(&config.data_dir)?;
+    tracing::info!(
+        rtmp = %rtmp.local_addr()?,
+        http = %http.local_addr()?,
+        data_dir = %config.data_dir.display(),
+        "origin running"
+    );
+
+    let hub = Hub::new(&config);
+    let rtmp_ctx = Arc::new(rtmp::server::RtmpContext {
+        config: config.rtmp.clone(),
+        hub: hub.clone(),
+        auth: rtmp::auth::Authorizer::new(&config.auth),
+    });
+    let http_state = Arc::new(http::HttpState::new(&config));
+
+    // One shutdown signal fanned out to both listeners.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let rtmp_task = tokio::spawn(rtmp::server::serve(
+        rtmp,
+        rtmp_ctx,
+        stopped(stop_rx.clone()),
+    ));
+    let http_task = tokio::spawn(http::serve(http, http_state, stopped(stop_rx)));
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    // Publishers first, so no media arrives while the streams end.
+    let rtmp_result = rtmp_task.await.map_err(std::io::Error::other)?;
+    hub.shutdown().await;
+    let http_result = http_task.await.map_err(std::io::Error::other)?;
+    rtmp_result?;
+    http_result?;
+    Ok(())
+}

@@ -15,10 +15,31 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::config::HookConfig;
-use crate::store::StreamName;
+use crate::media::{render_media_playlist, MediaPlaylist, PlaylistEntry, SegmentInfo};
+use crate::store::{
+    create_dir, write_atomic, StoreError, StoredSegment, StreamName, PLAYLIST_NAME,
+};
 
 /// The metadata file written next to a finished recording's playlist.
 pub const INFO_NAME: &str = "recording.json";
+
+/// Errors while recording.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Creating the recording's directory or writing its playlist or metadata failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Linking (or, across filesystems, copying) a segment into the recording failed.
+    #[error("linking {from} into {to}: {source}")]
+    Link {
+        /// The live segment.
+        from: PathBuf,
+        /// Its place in the recording.
+        to: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
 
 /// One finished recording, as listed by `/vod/<stream>/`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,6 +67,144 @@ pub struct Finished {
     pub dir: PathBuf,
     /// The recording's id.
     pub id: String,
+}
+
+/// Limits that make a recording roll over to a new id.
+#[derive(Debug, Clone, Copy)]
+pub struct Rollover {
+    /// Bytes of segment data.
+    pub max_bytes: u64,
+    /// Duration in milliseconds.
+    pub max_duration_ms: u64,
+}
+
+#[derive(Debug)]
+struct Recording {
+    info: RecordingInfo,
+    dir: PathBuf,
+    entries: Vec<PlaylistEntry>,
+}
+
+/// Records one live stream. Methods do blocking file I/O (called from `spawn_blocking`).
+#[derive(Debug)]
+pub struct Recorder {
+    stream: StreamName,
+    vod_dir: PathBuf,
+    target_duration_secs: u32,
+    rollover: Rollover,
+    current: Option<Recording>,
+}
+
+impl Recorder {
+    /// A recorder writing under `vod_dir` (`<data>/vod/<stream>/`).
+    pub fn new(
+        stream: StreamName,
+        vod_dir: PathBuf,
+        target_duration_secs: u32,
+        rollover: Rollover,
+    ) -> Self {
+        Self {
+            stream,
+            vod_dir,
+            target_duration_secs,
+            rollover,
+            current: None,
+        }
+    }
+
+    /// Adds a segment the live store wrote; returns the recording it finalized if adding it
+    /// rolled over.
+    pub fn add(&mut self, segment: &StoredSegment) -> Result<Option<Finished>, RecordError> {
+        let finished = match &self.current {
+            Some(rec)
+                if rec.info.bytes + segment.bytes > self.rollover.max_bytes
+                    || rec.info.duration_ms >= self.rollover.max_duration_ms =>
+            {
+                self.finish()?
+            }
+            _ => None,
+        };
+        let rec = match &mut self.current {
+            Some(rec) => rec,
+            None => {
+                let id = segment.program_date_time_ms.to_string();
+                let dir = self.vod_dir.join(&id);
+                create_dir(&dir)?;
+                self.current.insert(Recording {
+                    info: RecordingInfo {
+                        url: format!("/vod/{}/{id}/{PLAYLIST_NAME}", self.stream),
+                        id,
+                        stream: self.stream.to_string(),
+                        start_time: rfc3339(segment.program_date_time_ms),
+                        duration_ms: 0,
+                        segments: 0,
+                        bytes: 0,
+                    },
+                    dir,
+                    entries: Vec::new(),
+                })
+            }
+        };
+        let to = rec.dir.join(&segment.info.name);
+        link_or_copy(&segment.path, &to)?;
+        let mut info: SegmentInfo = segment.info.clone();
+        // A recording starts fresh: a discontinuity before its first segment means nothing.
+        if rec.entries.is_empty() {
+            info.discontinuity = false;
+        }
+        rec.info.duration_ms += u64::from(info.duration_ms);
+        rec.info.segments += 1;
+        rec.info.bytes += segment.bytes;
+        rec.entries.push(PlaylistEntry {
+            segment: info,
+            program_date_time_ms: Some(segment.program_date_time_ms),
+        });
+        Ok(finished)
+    }
+
+    /// Finalizes the current recording (if any): VOD playlist and `recording.json`.
+    pub fn finish(&mut self) -> Result<Option<Finished>, RecordError> {
+        let Some(rec) = self.current.take() else {
+            return Ok(None);
+        };
+        let mut playlist = MediaPlaylist::new(self.target_duration_secs, rec.entries);
+        playlist.ended = true;
+        playlist.vod = true;
+        write_atomic(
+            &rec.dir.join(PLAYLIST_NAME),
+            render_media_playlist(&playlist).as_bytes(),
+        )?;
+        let json = serde_json::to_vec_pretty(&rec.info).unwrap_or_default();
+        // Written last: a recording is listed only once its playlist is complete.
+        write_atomic(&rec.dir.join(INFO_NAME), &json)?;
+        tracing::info!(
+            stream = %self.stream,
+            id = %rec.info.id,
+            segments = rec.info.segments,
+            duration_ms = rec.info.duration_ms,
+            bytes = rec.info.bytes,
+            "recording finalized"
+        );
+        Ok(Some(Finished {
+            dir: rec.dir,
+            id: rec.info.id,
+        }))
+    }
+}
+
+fn link_or_copy(from: &Path, to: &Path) -> Result<(), RecordError> {
+    let err = |source| RecordError::Link {
+        from: from.to_owned(),
+        to: to.to_owned(),
+        source,
+    };
+    match std::fs::hard_link(from, to) {
+        Ok(()) => Ok(()),
+        // The same segment linked twice (a rewritten segment after a restart): keep the first.
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // EXDEV: a data dir split over filesystems still records, at the cost of a copy.
+        Err(_) => std::fs::copy(from, to).map(|_| ()).map_err(err),
+    }
 }
 
 /// Lists the finished recordings in `dir` (`<data>/vod/<stream>/`), oldest first; `None` if
@@ -164,7 +323,6 @@ pub fn rfc3339(unix_ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::create_dir;
 
     #[test]
     fn rfc3339_formats_known_instants() {

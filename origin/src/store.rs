@@ -3,10 +3,15 @@
 //! Owns the data directory layout (`live/<stream>/`, `vod/<stream>/<id>/`), the only place
 //! names from the network become paths: [`StreamName`] and [`is_safe_file_name`] admit a small
 //! charset with no `/`, no `..` and no leading dot, so nothing outside the data directory can be
-//! named. [`write_atomic`] replaces files so readers never see a partial one.
+//! named. [`LiveStore`] writes a live stream's segments and playlist atomically (temp file +
+//! rename) and deletes a segment only after RFC 8216 §6.2.2's availability time.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::media::{render_media_playlist, MediaPlaylist, PlaylistEntry, Segment, SegmentInfo};
 
 /// Errors from the data directory.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +126,155 @@ pub fn create_dir(path: &Path) -> Result<(), StoreError> {
         path: path.to_owned(),
         source,
     })
+}
+
+/// A segment listed (or formerly listed) in a live playlist.
+#[derive(Debug, Clone)]
+pub struct StoredSegment {
+    /// The segment's metadata as the packager produced it.
+    pub info: SegmentInfo,
+    /// EXT-X-PROGRAM-DATE-TIME of its first sample, Unix milliseconds.
+    pub program_date_time_ms: i64,
+    /// Where it was written.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+/// One live stream's directory: the rolling playlist window and the segments behind it.
+///
+/// Methods do blocking file I/O; the hub calls them from `spawn_blocking`.
+#[derive(Debug)]
+pub struct LiveStore {
+    dir: PathBuf,
+    target_duration_secs: u32,
+    window_segments: usize,
+    window: VecDeque<StoredSegment>,
+    /// Segments that left the playlist, with the instant they may be deleted.
+    expiring: VecDeque<(Instant, PathBuf)>,
+    ended: bool,
+}
+
+impl LiveStore {
+    /// Opens (creating) `dir` for a stream whose playlist lists `window_segments` segments.
+    ///
+    /// `target_duration_secs` is written as EXT-X-TARGETDURATION for the life of the playlist
+    /// (RFC 8216 §4.3.3.1 forbids changing it).
+    pub fn open(
+        dir: PathBuf,
+        target_duration_secs: u32,
+        window_segments: usize,
+    ) -> Result<Self, StoreError> {
+        create_dir(&dir)?;
+        // Segments left by an earlier publish of this name (or an earlier run) would otherwise
+        // stay forever. Clients may still hold the old playlist, so they get the availability
+        // time of a full window; a name the new publish writes again is spared (see
+        // `add_segment`).
+        let keep =
+            Duration::from_secs(u64::from(target_duration_secs) * (window_segments as u64 + 1));
+        let now = Instant::now();
+        let expiring = std::fs::read_dir(&dir)
+            .map_err(|source| StoreError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "ts"))
+            .map(|p| (now + keep, p))
+            .collect();
+        Ok(Self {
+            dir,
+            target_duration_secs,
+            window_segments,
+            window: VecDeque::new(),
+            expiring,
+            ended: false,
+        })
+    }
+
+    /// Writes a segment, then the playlist listing it; returns what was stored.
+    ///
+    /// Segments pushed out of the window are scheduled for deletion at `now` + their duration +
+    /// the playlist's duration: RFC 8216 §6.2.2 requires a segment removed from the playlist
+    /// to stay available that long, since a client may have just loaded a playlist listing it.
+    pub fn add_segment(
+        &mut self,
+        segment: &Segment,
+        program_date_time_ms: i64,
+        now: Instant,
+    ) -> Result<StoredSegment, StoreError> {
+        let path = self.dir.join(&segment.name);
+        write_atomic(&path, &segment.data)?;
+        // Rewritten under a name that was scheduled for deletion: the new file must stay.
+        self.expiring.retain(|(_, p)| *p != path);
+        let stored = StoredSegment {
+            info: segment.info(),
+            program_date_time_ms,
+            path,
+            bytes: segment.data.len() as u64,
+        };
+        self.window.push_back(stored.clone());
+        self.ended = false;
+        let playlist_ms: u64 = self
+            .window
+            .iter()
+            .map(|s| u64::from(s.info.duration_ms))
+            .sum();
+        while self.window.len() > self.window_segments {
+            if let Some(old) = self.window.pop_front() {
+                let keep = Duration::from_millis(u64::from(old.info.duration_ms) + playlist_ms);
+                self.expiring.push_back((now + keep, old.path));
+            }
+        }
+        self.write_playlist()?;
+        Ok(stored)
+    }
+
+    /// Rewrites the playlist with EXT-X-ENDLIST: the publish is over for good.
+    pub fn end(&mut self) -> Result<(), StoreError> {
+        self.ended = true;
+        self.write_playlist()
+    }
+
+    /// Deletes segments whose availability time has passed; returns how many.
+    pub fn delete_expired(&mut self, now: Instant) -> usize {
+        let mut deleted = 0;
+        while let Some((deadline, _)) = self.expiring.front() {
+            if *deadline > now {
+                break;
+            }
+            if let Some((_, path)) = self.expiring.pop_front() {
+                match std::fs::remove_file(&path) {
+                    Ok(()) => deleted += 1,
+                    // Already gone is the state we want.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "deleting expired segment")
+                    }
+                }
+            }
+        }
+        deleted
+    }
+
+    /// The playlist text as currently written.
+    pub fn render(&self) -> String {
+        let entries = self
+            .window
+            .iter()
+            .map(|s| PlaylistEntry {
+                segment: s.info.clone(),
+                program_date_time_ms: Some(s.program_date_time_ms),
+            })
+            .collect();
+        let mut playlist = MediaPlaylist::new(self.target_duration_secs, entries);
+        playlist.ended = self.ended;
+        render_media_playlist(&playlist)
+    }
+
+    fn write_playlist(&self) -> Result<(), StoreError> {
+        write_atomic(&self.dir.join(PLAYLIST_NAME), self.render().as_bytes())
+    }
 }
 
 #[cfg(test)]

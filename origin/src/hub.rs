@@ -1,0 +1,519 @@
+//! The registry of live streams and the task that packages each one.
+//!
+//! A stream exists from its first publish until its publisher has been gone longer than the
+//! reconnect grace. Its task owns the stream's [`Packager`], [`LiveStore`] and [`Recorder`]; RTMP
+//! connections reach it through a [`Publication`], which forwards media over a bounded channel
+//! (a full channel stops the connection reading its socket: backpressure, bounded memory).
+//!
+//! ```text
+//! rtmp connection ──Publication──▶ stream task: Packager → LiveStore (live/<s>/) → Recorder (vod/<s>/<id>/)
+//! ```
+//!
+//! Lifecycle, all decided by the stream task:
+//! - publisher leaves → grace timer starts; a new publish within it continues the same
+//!   Packager after [`Packager::discontinuity`], so the playlist goes on with
+//!   EXT-X-DISCONTINUITY and its sequence never goes backwards;
+//! - grace expires → [`Packager::finish`], playlist gets ENDLIST, recording finalized, hook run;
+//! - a second publisher is refused, or with `takeover` the first is disconnected;
+//! - the packager rejects the media (bad codec config) → that publisher is disconnected.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
+
+use crate::config::{Config, HookConfig};
+use crate::media::{Packager, PackagerOptions, Segment};
+use crate::record::{self, Recorder, Rollover};
+use crate::store::{Layout, LiveStore, StreamName};
+
+/// Why a publish could not start or continue.
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    /// Another publisher is live on this stream and takeover is off.
+    #[error("stream {0} is already being published")]
+    AlreadyPublishing(StreamName),
+    /// The stream's task is gone (origin shutting down, or its disk failed).
+    #[error("stream {0} is closed")]
+    StreamClosed(StreamName),
+}
+
+/// Hub-wide settings, taken from [`Config`] once.
+#[derive(Debug)]
+struct Settings {
+    layout: Layout,
+    packager: PackagerOptions,
+    target_duration_secs: u32,
+    window_segments: usize,
+    grace: Duration,
+    takeover: bool,
+    recording: Option<Rollover>,
+    hook: Option<HookConfig>,
+    queue: usize,
+}
+
+/// The live streams of this origin.
+#[derive(Debug)]
+pub struct Hub {
+    settings: Settings,
+    streams: Mutex<HashMap<StreamName, Entry>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    tx: mpsc::Sender<Command>,
+    /// The publication currently feeding the stream. Set and cleared under the map lock, so
+    /// the stream task's "am I idle? then I end" check cannot race a new publish.
+    publisher: Option<u64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+enum Command {
+    Publish {
+        id: u64,
+        peer: SocketAddr,
+        kick: oneshot::Sender<String>,
+    },
+    Unpublish {
+        id: u64,
+    },
+    Media {
+        id: u64,
+        video: bool,
+        ts_ms: u32,
+        data: Bytes,
+    },
+}
+
+impl Hub {
+    /// A hub with no streams.
+    pub fn new(config: &Config) -> Arc<Self> {
+        let target_ms = config.hls.target_duration_ms;
+        let rec = &config.recording;
+        Arc::new(Self {
+            settings: Settings {
+                layout: Layout::new(&config.data_dir),
+                packager: PackagerOptions {
+                    target_duration_ms: target_ms,
+                    window_segments: config.hls.window_segments,
+                },
+                target_duration_secs: target_ms.div_ceil(1000),
+                window_segments: config.hls.window_segments,
+                grace: Duration::from_millis(config.hls.reconnect_grace_ms),
+                takeover: config.hls.takeover,
+                recording: rec.enabled.then_some(Rollover {
+                    max_bytes: rec.max_bytes,
+                    max_duration_ms: rec.max_duration_secs.saturating_mul(1000),
+                }),
+                hook: rec.post_record_hook.clone(),
+                queue: config.rtmp.stream_queue_messages,
+            },
+            streams: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    fn streams(&self) -> MutexGuard<'_, HashMap<StreamName, Entry>> {
+        // A panic while holding the lock leaves the map itself consistent (every update is a
+        // single insert/remove/field write), so a poisoned lock is safe to keep using.
+        self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts publishing `stream` from `peer`: a new stream, the same stream resumed within
+    /// its reconnect grace, or (with takeover) a stream taken from its current publisher.
+    pub async fn publish(
+        self: &Arc<Self>,
+        stream: StreamName,
+        peer: SocketAddr,
+    ) -> Result<Publication, HubError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (kick_tx, kick_rx) = oneshot::channel();
+        let tx = {
+            let mut streams = self.streams();
+            let live = streams.get(&stream).filter(|e| !e.tx.is_closed());
+            if live.is_some_and(|e| e.publisher.is_some()) && !self.settings.takeover {
+                return Err(HubError::AlreadyPublishing(stream));
+            }
+            let entry = match streams.get_mut(&stream) {
+                Some(e) if !e.tx.is_closed() => e,
+                _ => {
+                    let (tx, rx) = mpsc::channel(self.settings.queue);
+                    // A root span: the stream outlives the connection that started it.
+                    let span = tracing::info_span!(parent: None, "stream", stream = %stream);
+                    let task = tokio::spawn(
+                        StreamTask::new(self.clone(), stream.clone())
+                            .run(rx)
+                            .instrument(span),
+                    );
+                    streams.insert(
+                        stream.clone(),
+                        Entry {
+                            tx,
+                            publisher: None,
+                            task,
+                        },
+                    );
+                    streams
+                        .get_mut(&stream)
+                        .ok_or_else(|| HubError::StreamClosed(stream.clone()))?
+                }
+            };
+            entry.publisher = Some(id);
+            entry.tx.clone()
+        };
+        tx.send(Command::Publish {
+            id,
+            peer,
+            kick: kick_tx,
+        })
+        .await
+        .map_err(|_| HubError::StreamClosed(stream.clone()))?;
+        Ok(Publication {
+            id,
+            stream,
+            tx,
+            kicked: kick_rx,
+            hub: self.clone(),
+        })
+    }
+
+    /// Ends every stream now (ENDLIST, recordings finalized, hooks run) and waits for them.
+    pub async fn shutdown(&self) {
+        let entries: Vec<Entry> = self.streams().drain().map(|(_, e)| e).collect();
+        for entry in entries {
+            // Closing the channel is the stream task's signal to finish.
+            drop(entry.tx);
+            if let Err(e) = entry.task.await {
+                tracing::error!(error = %e, "stream task failed during shutdown");
+            }
+        }
+    }
+
+    /// Names of the streams currently registered (live or within their grace).
+    pub fn stream_names(&self) -> Vec<StreamName> {
+        self.streams().keys().cloned().collect()
+    }
+
+    /// Called by the stream task when its grace expired: removes the stream unless a publisher
+    /// attached meanwhile. Returns whether it was removed.
+    fn remove_if_idle(&self, stream: &StreamName) -> bool {
+        let mut streams = self.streams();
+        match streams.get(stream) {
+            Some(e) if e.publisher.is_none() => {
+                streams.remove(stream);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn unpublished(&self, stream: &StreamName, id: u64) {
+        if let Some(e) = self.streams().get_mut(stream) {
+            if e.publisher == Some(id) {
+                e.publisher = None;
+            }
+        }
+    }
+}
+
+/// One publisher's handle on its stream. Dropping it ends the publish (the stream enters its
+/// reconnect grace).
+#[derive(Debug)]
+pub struct Publication {
+    id: u64,
+    stream: StreamName,
+    tx: mpsc::Sender<Command>,
+    kicked: oneshot::Receiver<String>,
+    hub: Arc<Hub>,
+}
+
+impl Publication {
+    /// Forwards an FLV VIDEODATA body at RTMP time `ts_ms`; waits while the stream's queue is
+    /// full.
+    pub async fn video(&self, ts_ms: u32, data: Bytes) -> Result<(), HubError> {
+        self.media(true, ts_ms, data).await
+    }
+
+    /// Forwards an FLV AUDIODATA body at RTMP time `ts_ms`.
+    pub async fn audio(&self, ts_ms: u32, data: Bytes) -> Result<(), HubError> {
+        self.media(false, ts_ms, data).await
+    }
+
+    async fn media(&self, video: bool, ts_ms: u32, data: Bytes) -> Result<(), HubError> {
+        self.tx
+            .send(Command::Media {
+                id: self.id,
+                video,
+                ts_ms,
+                data,
+            })
+            .await
+            .map_err(|_| HubError::StreamClosed(self.stream.clone()))
+    }
+
+    /// Resolves when the stream disconnects this publisher, with the reason: taken over by
+    /// another publisher, media the packager refused, or the stream ended.
+    pub async fn kicked(&mut self) -> String {
+        (&mut self.kicked)
+            .await
+            .unwrap_or_else(|_| "stream ended".to_owned())
+    }
+
+    /// The stream being published.
+    pub fn stream(&self) -> &StreamName {
+        &self.stream
+    }
+}
+
+impl Drop for Publication {
+    fn drop(&mut self) {
+        self.hub.unpublished(&self.stream, self.id);
+        let cmd = Command::Unpublish { id: self.id };
+        if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(cmd) {
+            // The queue is full of this publisher's media; the stream must still learn it left.
+            let tx = self.tx.clone();
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
+    }
+}
+
+/// State of one stream's packaging task.
+struct StreamTask {
+    hub: Arc<Hub>,
+    stream: StreamName,
+    packager: Packager,
+    disk: Option<Disk>,
+    publisher: Option<(u64, oneshot::Sender<String>)>,
+    /// Whether any publisher ever fed this packager (the next one is then a reconnect).
+    published_before: bool,
+    grace_until: Option<Instant>,
+}
+
+/// The stream's files; moved into `spawn_blocking` for each batch of writes.
+struct Disk {
+    store: LiveStore,
+    recorder: Option<Recorder>,
+}
+
+impl StreamTask {
+    fn new(hub: Arc<Hub>, stream: StreamName) -> Self {
+        Self {
+            packager: Packager::new(hub.settings.packager.clone()),
+            hub,
+            stream,
+            disk: None,
+            publisher: None,
+            published_before: false,
+            grace_until: None,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+        let settings = &self.hub.settings;
+        let opened = {
+            let dir = settings.layout.live_dir(&self.stream);
+            let (secs, window) = (settings.target_duration_secs, settings.window_segments);
+            tokio::task::spawn_blocking(move || LiveStore::open(dir, secs, window)).await
+        };
+        let recorder = settings.recording.map(|rollover| {
+            Recorder::new(
+                self.stream.clone(),
+                settings.layout.vod_dir(&self.stream),
+                settings.target_duration_secs,
+                rollover,
+            )
+        });
+        match opened {
+            Ok(Ok(store)) => self.disk = Some(Disk { store, recorder }),
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot open the stream's directory"),
+            Err(e) => tracing::error!(error = %e, "opening the stream's directory panicked"),
+        }
+        if self.disk.is_none() {
+            self.hub.streams().remove(&self.stream);
+            return;
+        }
+        // Drives grace expiry and deletion of segments past their availability time.
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                cmd = rx.recv() => match cmd {
+                    Some(cmd) => self.command(cmd).await,
+                    // Hub shutdown.
+                    None => break,
+                },
+                _ = tick.tick() => {
+                    let now = Instant::now();
+                    if let Some(disk) = &mut self.disk {
+                        disk.store.delete_expired(now);
+                    }
+                    if self.grace_until.is_some_and(|t| now >= t) && self.hub.remove_if_idle(&self.stream) {
+                        tracing::info!("reconnect grace expired; ending the stream");
+                        break;
+                    }
+                }
+            }
+            if self.disk.is_none() {
+                // The disk failed: end the stream rather than pretend to package.
+                self.hub.streams().remove(&self.stream);
+                return;
+            }
+        }
+        self.finish().await;
+    }
+
+    async fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish { id, peer, kick } => {
+                if let Some((old, old_kick)) = self.publisher.take() {
+                    tracing::info!(old, new = id, %peer, "publisher taken over");
+                    let _ = old_kick.send("taken over by another publisher".to_owned());
+                }
+                if self.published_before {
+                    tracing::info!(%peer, "publisher resumed within grace; discontinuity");
+                    self.packager.discontinuity();
+                } else {
+                    tracing::info!(%peer, "stream started");
+                }
+                self.published_before = true;
+                self.publisher = Some((id, kick));
+                self.grace_until = None;
+            }
+            Command::Unpublish { id } => {
+                if self.publisher.as_ref().is_some_and(|(p, _)| *p == id) {
+                    self.publisher = None;
+                    self.start_grace();
+                }
+            }
+            Command::Media {
+                id,
+                video,
+                ts_ms,
+                data,
+            } => {
+                if self.publisher.as_ref().is_none_or(|(p, _)| *p != id) {
+                    // Media queued by a publisher that was taken over or kicked.
+                    return;
+                }
+                let pushed = if video {
+                    self.packager.push_video(ts_ms, &data)
+                } else {
+                    self.packager.push_audio(ts_ms, &data)
+                };
+                match pushed {
+                    Ok(segments) => self.write(segments).await,
+                    Err(e) => {
+                        tracing::warn!(error = %e, video, ts_ms, "packager refused media; disconnecting the publisher");
+                        if let Some((_, kick)) = self.publisher.take() {
+                            let _ = kick.send(format!("media refused: {e}"));
+                        }
+                        self.start_grace();
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_grace(&mut self) {
+        tracing::info!(
+            grace_ms = self.hub.settings.grace.as_millis() as u64,
+            "publisher left; waiting for a reconnect"
+        );
+        self.grace_until = Some(Instant::now() + self.hub.settings.grace);
+    }
+
+    /// Writes segments to the live store and the recording, off the runtime's threads.
+    async fn write(&mut self, segments: Vec<Segment>) {
+        if segments.is_empty() {
+            return;
+        }
+        let Some(mut disk) = self.disk.take() else {
+            return;
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            let mut finished = Vec::new();
+            for segment in &segments {
+                let pdt = unix_ms() - i64::from(segment.duration_ms);
+                let stored = disk.store.add_segment(segment, pdt, Instant::now())?;
+                tracing::debug!(
+                    name = %segment.name,
+                    sequence = segment.sequence,
+                    duration_ms = segment.duration_ms,
+                    bytes = stored.bytes,
+                    "segment written"
+                );
+                if let Some(rec) = &mut disk.recorder {
+                    match rec.add(&stored) {
+                        Ok(f) => finished.extend(f),
+                        // Recording trouble must not take the live stream down.
+                        Err(e) => tracing::error!(error = %e, "recording segment"),
+                    }
+                }
+            }
+            Ok::<_, crate::store::StoreError>((disk, finished))
+        })
+        .await;
+        match result {
+            Ok(Ok((disk, finished))) => {
+                self.disk = Some(disk);
+                for f in finished {
+                    self.run_hook(f);
+                }
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "writing segment; ending the stream"),
+            Err(e) => tracing::error!(error = %e, "segment writer panicked; ending the stream"),
+        }
+    }
+
+    /// The publish is over for good: flush, ENDLIST, finalize the recording.
+    async fn finish(mut self) {
+        if let Some((_, kick)) = self.publisher.take() {
+            let _ = kick.send("stream ended".to_owned());
+        }
+        let rest = self.packager.finish();
+        self.write(rest).await;
+        let Some(mut disk) = self.disk.take() else {
+            return;
+        };
+        let result = tokio::task::spawn_blocking(move || {
+            let ended = disk.store.end();
+            let finished = disk.recorder.as_mut().map(Recorder::finish);
+            (ended, finished)
+        })
+        .await;
+        match result {
+            Ok((ended, finished)) => {
+                if let Err(e) = ended {
+                    tracing::error!(error = %e, "writing the final playlist");
+                }
+                match finished {
+                    Some(Ok(Some(f))) => self.run_hook(f),
+                    Some(Err(e)) => tracing::error!(error = %e, "finalizing the recording"),
+                    _ => {}
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "finalizing the stream panicked"),
+        }
+        tracing::info!("stream ended");
+    }
+
+    fn run_hook(&self, finished: record::Finished) {
+        if let Some(hook) = self.hub.settings.hook.clone() {
+            tokio::spawn(async move { record::run_hook(&hook, &finished).await }.in_current_span());
+        }
+    }
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,550 @@
+//! The RTMP accept loop and one task per connection.
+//!
+//! Per connection, top to bottom ([`handle_connection`]): handshake (bounded by
+//! `handshake_timeout_ms`), then every socket read goes through the [`Dechunker`] (interleaved
+//! chunk streams made contiguous, memory bounded) into rml_rtmp's `ServerSession`, and each event
+//! it raises is handled in [`Connection::event`]: connect (app name checked), publish (name
+//! validated, authorized, registered with the [`Hub`]), media (codec checked, forwarded to the
+//! stream), metadata (codecs checked), unpublish.
+//!
+//! Every failure ends that connection only, with one log line naming the stage
+//! ([`ConnectionError::as_str`]) in the connection's span (peer, app, stream). A connection that
+//! goes silent for `idle_timeout_ms`, or publishes without a keyframe for `keyframe_timeout_ms`,
+//! is closed.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rml_rtmp::chunk_io::ChunkSerializer;
+use rml_rtmp::handshake::{Handshake, HandshakeError, HandshakeProcessResult, PeerType};
+use rml_rtmp::messages::RtmpMessage;
+use rml_rtmp::rml_amf0::Amf0Value;
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionError, ServerSessionEvent,
+    ServerSessionResult, StreamMetadata,
+};
+use rml_rtmp::time::RtmpTimestamp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use super::auth::{AuthError, Authorizer, PublishRequest};
+use super::dechunk::{DechunkError, Dechunker};
+use crate::config::RtmpConfig;
+use crate::hub::{Hub, HubError, Publication};
+use crate::media::flv::{audio_codec_name, video_codec_name};
+use crate::media::{audio_codec_id, video_codec_id};
+use crate::store::StreamName;
+
+/// FLV VIDEODATA codec id of H.264/AVC.
+const CODEC_AVC: u8 = 7;
+/// FLV AUDIODATA sound format of AAC.
+const CODEC_AAC: u8 = 10;
+/// The chunk size our session announces (rml_rtmp's default); our own error messages use it too.
+const OUR_CHUNK_SIZE: u32 = 4096;
+/// Bytes read from the socket at a time.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Why a connection was closed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectionError {
+    /// Socket read or write failed.
+    #[error("socket: {0}")]
+    Io(#[from] std::io::Error),
+    /// The RTMP handshake was malformed.
+    #[error("handshake: {0}")]
+    Handshake(#[from] HandshakeError),
+    /// The handshake did not complete in time (or the peer closed mid-handshake).
+    #[error("handshake not completed within {0:?}")]
+    HandshakeTimeout(Duration),
+    /// The chunk stream could not be reassembled (absurd chunk size, oversized message, ...).
+    #[error("chunk stream: {0}")]
+    Dechunk(#[from] DechunkError),
+    /// rml_rtmp refused the input.
+    #[error("rtmp session: {0}")]
+    Session(#[from] ServerSessionError),
+    /// The peer connected to an application other than the configured one.
+    #[error("unknown application {0:?}")]
+    WrongApp(String),
+    /// The stream name is not acceptable.
+    #[error("invalid stream name {0:?}")]
+    BadName(String),
+    /// Authorization refused the publish.
+    #[error("publish refused: {0}")]
+    Unauthorized(#[from] AuthError),
+    /// The hub refused the publish (already published) or the stream closed.
+    #[error("{0}")]
+    Hub(#[from] HubError),
+    /// The publisher sends, or announces, a codec other than H.264 video / AAC audio.
+    #[error("unsupported codec: {0}")]
+    UnsupportedCodec(String),
+    /// Nothing arrived for `idle_timeout_ms`.
+    #[error("no data for {0:?}")]
+    Idle(Duration),
+    /// A publish sent no video keyframe for `keyframe_timeout_ms`.
+    #[error("no video keyframe within {0:?} of publishing")]
+    NoKeyframe(Duration),
+    /// The stream disconnected this publisher (takeover, refused media).
+    #[error("disconnected by the stream: {0}")]
+    Kicked(String),
+}
+
+impl ConnectionError {
+    /// A short label for the stage that failed, for logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Io(_) => "io",
+            Self::Handshake(_) => "handshake",
+            Self::HandshakeTimeout(_) => "handshake_timeout",
+            Self::Dechunk(_) => "dechunk",
+            Self::Session(_) => "session",
+            Self::WrongApp(_) => "wrong_app",
+            Self::BadName(_) => "bad_name",
+            Self::Unauthorized(_) => "unauthorized",
+            Self::Hub(_) => "hub",
+            Self::UnsupportedCodec(_) => "unsupported_codec",
+            Self::Idle(_) => "idle",
+            Self::NoKeyframe(_) => "no_keyframe",
+            Self::Kicked(_) => "kicked",
+        }
+    }
+}
+
+/// What every connection shares.
+#[derive(Debug)]
+pub struct RtmpContext {
+    /// RTMP settings.
+    pub config: RtmpConfig,
+    /// The live streams.
+    pub hub: Arc<Hub>,
+    /// Publish authorization.
+    pub auth: Authorizer,
+}
+
+/// Accepts RTMP connections until `shutdown` resolves; then drops every connection.
+pub async fn serve(
+    listener: TcpListener,
+    ctx: Arc<RtmpContext>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let mut conns = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (socket, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "rtmp accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        while conns.try_join_next().is_some() {}
+        let ctx = ctx.clone();
+        let span = tracing::info_span!(
+            "rtmp",
+            %peer,
+            app = tracing::field::Empty,
+            stream = tracing::field::Empty
+        );
+        conns.spawn(
+            async move {
+                tracing::debug!("connection accepted");
+                match handle_connection(socket, peer, &ctx).await {
+                    Ok(()) => tracing::info!("connection closed by peer"),
+                    Err(e) => tracing::warn!(stage = e.as_str(), error = %e, "connection closed"),
+                }
+            }
+            .instrument(span),
+        );
+    }
+    conns.shutdown().await;
+    Ok(())
+}
+
+/// One RTMP connection, from handshake to close.
+pub async fn handle_connection(
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    ctx: &RtmpContext,
+) -> Result<(), ConnectionError> {
+    let _ = socket.set_nodelay(true);
+    let handshake_timeout = Duration::from_millis(ctx.config.handshake_timeout_ms);
+    let leftover = tokio::time::timeout(handshake_timeout, handshake(&mut socket))
+        .await
+        .map_err(|_| ConnectionError::HandshakeTimeout(handshake_timeout))??;
+
+    let (session, initial) = ServerSession::new(ServerSessionConfig::new())?;
+    let mut conn = Connection {
+        ctx,
+        peer,
+        socket,
+        session,
+        dechunker: Dechunker::new(),
+        publication: None,
+        keyframe_deadline: None,
+        app: String::new(),
+    };
+    conn.results(initial).await?;
+    conn.input(&leftover).await?;
+
+    let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
+    let mut buf = vec![0u8; READ_BUFFER_BYTES];
+    loop {
+        let keyframe_deadline = conn.keyframe_deadline;
+        tokio::select! {
+            read = tokio::time::timeout(idle, conn.socket.read(&mut buf)) => {
+                let n = read.map_err(|_| ConnectionError::Idle(idle))??;
+                if n == 0 {
+                    return Ok(());
+                }
+                conn.input(&buf[..n]).await?;
+            }
+            reason = kicked(&mut conn.publication) => return Err(ConnectionError::Kicked(reason)),
+            () = sleep_until(keyframe_deadline) => {
+                let waited = Duration::from_millis(ctx.config.keyframe_timeout_ms);
+                return Err(ConnectionError::NoKeyframe(waited));
+            }
+        }
+    }
+}
+
+async fn kicked(publication: &mut Option<Publication>) -> String {
+    match publication {
+        Some(p) => p.kicked().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Runs the server side of the RTMP handshake; returns bytes the peer sent after it.
+async fn handshake(socket: &mut TcpStream) -> Result<Vec<u8>, ConnectionError> {
+    let mut handshake = Handshake::new(PeerType::Server);
+    // The handshake is 1 + 1536 + 1536 bytes from the peer; no need for a big buffer.
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut buf).await?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        match handshake.process_bytes(&buf[..n])? {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                socket.write_all(&response_bytes).await?;
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                socket.write_all(&response_bytes).await?;
+                return Ok(remaining_bytes);
+            }
+        }
+    }
+}
+
+struct Connection<'a> {
+    ctx: &'a RtmpContext,
+    peer: SocketAddr,
+    socket: TcpStream,
+    session: ServerSession,
+    dechunker: Dechunker,
+    publication: Option<Publication>,
+    /// Set while publishing and no keyframe has arrived yet.
+    keyframe_deadline: Option<Instant>,
+    app: String,
+}
+
+impl Connection<'_> {
+    async fn input(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
+        let contiguous = self.dechunker.push(bytes)?;
+        if contiguous.is_empty() {
+            return Ok(());
+        }
+        let results = self.session.handle_input(&contiguous)?;
+        self.results(results).await
+    }
+
+    async fn results(&mut self, results: Vec<ServerSessionResult>) -> Result<(), ConnectionError> {
+        for result in results {
+            match result {
+                ServerSessionResult::OutboundResponse(packet) => {
+                    self.socket.write_all(&packet.bytes).await?;
+                }
+                ServerSessionResult::RaisedEvent(event) => {
+                    let more = self.event(event).await?;
+                    self.send(more).await?;
+                }
+                ServerSessionResult::UnhandleableMessageReceived(payload) => {
+                    tracing::debug!(type_id = payload.type_id, "ignoring unhandled rtmp message");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the packets among `results`. Accepting or rejecting a request yields only
+    /// responses, never events, so these need no event handling.
+    async fn send(&mut self, results: Vec<ServerSessionResult>) -> Result<(), ConnectionError> {
+        for r in results {
+            if let ServerSessionResult::OutboundResponse(packet) = r {
+                self.socket.write_all(&packet.bytes).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn event(
+        &mut self,
+        event: ServerSessionEvent,
+    ) -> Result<Vec<ServerSessionResult>, ConnectionError> {
+        match event {
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => {
+                tracing::Span::current().record("app", app_name.as_str());
+                if app_name.trim_end_matches('/') != self.ctx.config.app {
+                    let reject = self.session.reject_request(
+                        request_id,
+                        "NetConnection.Connect.Rejected",
+                        "unknown application",
+                    )?;
+                    self.send(reject).await?;
+                    return Err(ConnectionError::WrongApp(app_name));
+                }
+                self.app = app_name;
+                Ok(self.session.accept_request(request_id)?)
+            }
+            ServerSessionEvent::PublishStreamRequested {
+                request_id,
+                stream_key,
+                ..
+            } => self.publish(request_id, &stream_key).await,
+            ServerSessionEvent::PublishStreamFinished { .. } => {
+                tracing::info!("publisher sent unpublish");
+                self.publication = None;
+                self.keyframe_deadline = None;
+                Ok(Vec::new())
+            }
+            ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
+                self.check_metadata(&metadata).await?;
+                Ok(Vec::new())
+            }
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } => {
+                self.video(data, timestamp).await?;
+                Ok(Vec::new())
+            }
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } => {
+                self.audio(data, timestamp).await?;
+                Ok(Vec::new())
+            }
+            ServerSessionEvent::PlayStreamRequested { request_id, .. } => {
+                // This origin serves HLS only; RTMP playback is not offered.
+                let reject = self.session.reject_request(
+                    request_id,
+                    "NetStream.Play.Failed",
+                    "playback is not supported; use HLS",
+                )?;
+                Ok(reject)
+            }
+            other => {
+                tracing::trace!(event = ?other, "rtmp event");
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        request_id: u32,
+        stream_key: &str,
+    ) -> Result<Vec<ServerSessionResult>, ConnectionError> {
+        let (name, query) = stream_key.split_once('?').unwrap_or((stream_key, ""));
+        tracing::Span::current().record("stream", name);
+        let refuse = |this: &mut Self, code: &str, description: &str| {
+            this.session.reject_request(request_id, code, description)
+        };
+        if self.publication.is_some() {
+            let r = refuse(self, "NetStream.Publish.BadName", "already publishing")?;
+            self.send(r).await?;
+            return Err(ConnectionError::BadName(stream_key.to_owned()));
+        }
+        let stream = match StreamName::parse(name, self.ctx.config.max_stream_name_bytes) {
+            Ok(s) => s,
+            Err(_) => {
+                let r = refuse(self, "NetStream.Publish.BadName", "invalid stream name")?;
+                self.send(r).await?;
+                return Err(ConnectionError::BadName(name.to_owned()));
+            }
+        };
+        let request = PublishRequest {
+            app: &self.app,
+            stream: name,
+            addr: self.peer,
+            query,
+        };
+        if let Err(e) = self.ctx.auth.check(request).await {
+            let r = refuse(
+                self,
+                "NetStream.Publish.Unauthorized",
+                "publish not authorized",
+            )?;
+            self.send(r).await?;
+            return Err(e.into());
+        }
+        match self.ctx.hub.publish(stream, self.peer).await {
+            Ok(p) => {
+                tracing::info!("publish accepted");
+                self.publication = Some(p);
+                self.keyframe_deadline = Some(
+                    Instant::now() + Duration::from_millis(self.ctx.config.keyframe_timeout_ms),
+                );
+                Ok(self.session.accept_request(request_id)?)
+            }
+            Err(e) => {
+                let r = refuse(
+                    self,
+                    "NetStream.Publish.BadName",
+                    "stream is already publishing",
+                )?;
+                self.send(r).await?;
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn check_metadata(&mut self, metadata: &StreamMetadata) -> Result<(), ConnectionError> {
+        if let Some(id) = metadata
+            .video_codec_id
+            .filter(|id| *id != u32::from(CODEC_AVC))
+        {
+            return self
+                .refuse_codec(format!(
+                    "video codec id {id} in metadata (only H.264/AVC, id 7)"
+                ))
+                .await;
+        }
+        if let Some(id) = metadata
+            .audio_codec_id
+            .filter(|id| *id != u32::from(CODEC_AAC))
+        {
+            return self
+                .refuse_codec(format!("audio codec id {id} in metadata (only AAC, id 10)"))
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn video(&mut self, data: Bytes, ts: RtmpTimestamp) -> Result<(), ConnectionError> {
+        if self.publication.is_none() || data.is_empty() {
+            return Ok(());
+        }
+        match video_codec_id(&data) {
+            Some(CODEC_AVC) => {}
+            Some(other) => {
+                return self
+                    .refuse_codec(format!(
+                        "{} (FLV video codec id {other})",
+                        video_codec_name(other)
+                    ))
+                    .await
+            }
+            None => {
+                return self
+                    .refuse_codec(
+                        "enhanced-RTMP video (a FourCC codec such as HEVC or AV1)".to_owned(),
+                    )
+                    .await
+            }
+        }
+        // FLV VIDEODATA: frame type 1 (keyframe) and AVCPacketType 1 (NALUs, not the config).
+        if data[0] >> 4 == 1 && data.get(1) == Some(&1) {
+            self.keyframe_deadline = None;
+        }
+        if let Some(p) = &self.publication {
+            p.video(ts.value, data).await?;
+        }
+        Ok(())
+    }
+
+    async fn audio(&mut self, data: Bytes, ts: RtmpTimestamp) -> Result<(), ConnectionError> {
+        if self.publication.is_none() || data.is_empty() {
+            return Ok(());
+        }
+        match audio_codec_id(&data) {
+            Some(CODEC_AAC) => {}
+            Some(other) => {
+                return self
+                    .refuse_codec(format!(
+                        "{} (FLV sound format {other})",
+                        audio_codec_name(other)
+                    ))
+                    .await
+            }
+            None => return self.refuse_codec("unrecognised audio tag".to_owned()).await,
+        }
+        if let Some(p) = &self.publication {
+            p.audio(ts.value, data).await?;
+        }
+        Ok(())
+    }
+
+    /// Tells the publisher why (an `onStatus` error on its stream), then fails the connection.
+    async fn refuse_codec(&mut self, codec: String) -> Result<(), ConnectionError> {
+        let description = format!("unsupported codec: {codec}; this origin accepts H.264 + AAC");
+        match error_status("NetStream.Publish.Rejected", &description) {
+            Ok(bytes) => {
+                // Best effort: the connection is closed either way.
+                let _ = self.socket.write_all(&bytes).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "could not encode the error status"),
+        }
+        Err(ConnectionError::UnsupportedCodec(codec))
+    }
+}
+
+/// An `onStatus` command with level `error` on message stream 1 (the first stream rml_rtmp
+/// hands out, the one a publisher publishes on), encoded with a full chunk header so it does
+/// not depend on the session serializer's header-compression state.
+fn error_status(code: &str, description: &str) -> Result<Vec<u8>, ServerSessionError> {
+    let mut info = std::collections::HashMap::new();
+    info.insert(
+        "level".to_owned(),
+        Amf0Value::Utf8String("error".to_owned()),
+    );
+    info.insert("code".to_owned(), Amf0Value::Utf8String(code.to_owned()));
+    info.insert(
+        "description".to_owned(),
+        Amf0Value::Utf8String(description.to_owned()),
+    );
+    let message = RtmpMessage::Amf0Command {
+        command_name: "onStatus".to_owned(),
+        transaction_id: 0.0,
+        command_object: Amf0Value::Null,
+        additional_arguments: vec![Amf0Value::Object(info)],
+    };
+    let payload = message.into_message_payload(RtmpTimestamp::new(0), 1)?;
+    let mut serializer = ChunkSerializer::new();
+    // Re-announcing the session's chunk size keeps the peer's reassembly in step with ours.
+    let mut bytes = serializer
+        .set_max_chunk_size(OUR_CHUNK_SIZE, RtmpTimestamp::new(0))?
+        .bytes;
+    bytes.extend(serializer.serialize(&payload, true, false)?.bytes);
+    Ok(bytes)
+}
