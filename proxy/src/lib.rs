@@ -14,6 +14,7 @@
 //! - [`upstream`]: origin groups, primary/backup choice, passive failure tracking.
 //! - [`health`]: active health checks and the stale-playlist detector.
 //! - [`metrics`]: the Prometheus registry and the handles the request path updates.
+//! - [`admin`]: the admin API (purge, stats, upstream health, config summary).
 //! - [`tls`]: rustls listeners, certificates by SNI.
 //!
 //! # Lifecycle
@@ -22,6 +23,7 @@
 //! (so a load balancer deregisters the instance), then starts pingora's graceful shutdown.
 //! SIGQUIT and `proxy -u` are pingora's graceful upgrade, unchanged. SIGINT stops at once.
 
+pub mod admin;
 pub mod config;
 pub mod health;
 pub mod metrics;

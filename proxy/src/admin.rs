@@ -1,0 +1,669 @@
+//! The admin API: purge, cache stats, upstream health and a config summary, on its own listener
+//! (loopback by default) behind a bearer token.
+//!
+//! | Request                              | Answer                                          |
+//! |--------------------------------------|-------------------------------------------------|
+//! | `POST /purge?url=<url>`              | `{"purged": n}`: one URL                        |
+//! | `POST /purge?prefix=/live/<stream>/` | `{"purged": n}`: every object under the prefix  |
+//! | `GET /stats`                         | cache sizes and counters                        |
+//! | `GET /upstreams`                     | health of every group and origin                |
+//! | `GET /config`                        | the running configuration, secrets left out     |
+//!
+//! `url` is a path (`/live/a/1.ts`), `host/path`, or `http(s)://host/path`; `host=` may be
+//! given separately. Every request needs `Authorization: Bearer <token>`, else 401.
+//!
+//! The cache is reached through the [`CacheAdmin`] view so this module does not depend on how
+//! keys are built; [`StorageAdmin`] is that view over [`MokaStorage`].
+//!
+//! ```text
+//! curl -X POST -H "Authorization: Bearer $TOKEN" 'http://127.0.0.1:9090/purge?prefix=/live/main/&host=cdn.example'
+//! curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9090/upstreams
+//! ```
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use http::{header, Method, Response, StatusCode};
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use thiserror::Error;
+use tracing::Instrument;
+
+use crate::storage::MokaStorage;
+use crate::upstream::Upstreams;
+
+/// Largest request body read (and discarded): the API takes none, but a client sending one must
+/// not hold the connection hostage.
+const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Errors of the admin API, named by stage.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AdminError {
+    /// A configuration value is unusable.
+    #[error("admin.{key}: {reason}")]
+    InvalidConfig {
+        /// The key under `[admin]`.
+        key: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// A purge named no host while cache keys include one.
+    #[error("cache keys include the host: give url=http://host/path or host=")]
+    HostRequired,
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Serve the admin API. Default `false`; needs `token` when on.
+    pub enabled: bool,
+    /// Listen address. Default `127.0.0.1:9090`.
+    pub listen: String,
+    /// The bearer token every request must carry; at least 16 characters. Default empty.
+    pub token: String,
+    /// Allow `listen` on a non-loopback address. Default `false`: purge is a cache-wide denial
+    /// of service in the wrong hands, so exposing it must be a decision.
+    pub allow_non_loopback: bool,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            listen: "127.0.0.1:9090".to_string(),
+            token: String::new(),
+            allow_non_loopback: false,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Checks the listen address and token; skipped while disabled.
+    pub fn validate(&self) -> Result<(), AdminError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let addr: SocketAddr = self.listen.parse().map_err(|e| AdminError::InvalidConfig {
+            key: "listen",
+            reason: format!("{:?} is not an ip:port address: {e}", self.listen),
+        })?;
+        if !addr.ip().is_loopback() && !self.allow_non_loopback {
+            return Err(AdminError::InvalidConfig {
+                key: "listen",
+                reason: format!(
+                    "{addr} is not a loopback address; set admin.allow_non_loopback = true to \
+                     expose the admin API"
+                ),
+            });
+        }
+        if self.token.len() < 16 {
+            return Err(AdminError::InvalidConfig {
+                key: "token",
+                reason: "must be at least 16 characters".to_string(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What the admin API needs from the cache.
+pub trait CacheAdmin: Send + Sync {
+    /// Purges the object at `path` (and `query`) on `host`, `None` meaning the key has no host.
+    /// Returns how many objects (and in-flight fills) were dropped.
+    fn purge_url(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<usize, AdminError>;
+    /// Purges every object whose path starts with `prefix` on `host`.
+    fn purge_prefix(&self, host: Option<&str>, prefix: &str) -> Result<usize, AdminError>;
+    /// Sizes and counters, as JSON.
+    fn stats(&self) -> serde_json::Value;
+}
+
+/// Builds the cache key string for a host, path and raw query, exactly as the request path does
+/// (the rules' `key_for`).
+pub type KeyFn = Arc<dyn Fn(Option<&str>, &str, Option<&str>) -> String + Send + Sync>;
+
+/// [`CacheAdmin`] over the proxy's [`MokaStorage`].
+pub struct StorageAdmin {
+    storage: &'static MokaStorage,
+    include_host: bool,
+    key_for: KeyFn,
+}
+
+impl StorageAdmin {
+    /// `include_host` says whether cache keys start with the host (then purges need one);
+    /// `key_for` builds a key the way the request path does.
+    pub fn new(storage: &'static MokaStorage, include_host: bool, key_for: KeyFn) -> Self {
+        Self {
+            storage,
+            include_host,
+            key_for,
+        }
+    }
+
+    fn host<'a>(&self, host: Option<&'a str>) -> Result<Option<&'a str>, AdminError> {
+        match host {
+            None if self.include_host => Err(AdminError::HostRequired),
+            host => Ok(host),
+        }
+    }
+}
+
+impl CacheAdmin for StorageAdmin {
+    fn purge_url(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<usize, AdminError> {
+        let key = (self.key_for)(self.host(host)?, path, query);
+        Ok(usize::from(self.storage.purge_key(&key)))
+    }
+
+    fn purge_prefix(&self, host: Option<&str>, prefix: &str) -> Result<usize, AdminError> {
+        let key = (self.key_for)(self.host(host)?, prefix, None);
+        Ok(self.storage.purge_prefix(&key))
+    }
+
+    fn stats(&self) -> serde_json::Value {
+        let s = self.storage.stats();
+        json!({
+            "bytes": s.bytes,
+            "max_bytes": s.max_bytes,
+            "items": s.items,
+            "evictions": s.evictions,
+            "expirations": s.expirations,
+            "in_flight_fills": s.in_flight_fills,
+        })
+    }
+}
+
+/// Everything the admin API reads or acts on.
+pub struct AdminState {
+    /// The bearer token.
+    pub token: String,
+    /// The cache.
+    pub cache: Arc<dyn CacheAdmin>,
+    /// The upstream groups, for their health.
+    pub upstreams: Upstreams,
+    /// The running configuration with secrets removed, as `GET /config` returns it.
+    pub config_summary: serde_json::Value,
+}
+
+/// The admin API as a pingora HTTP app.
+pub struct AdminApp {
+    state: AdminState,
+}
+
+impl AdminApp {
+    /// An app answering from `state`.
+    pub fn new(state: AdminState) -> Self {
+        Self { state }
+    }
+
+    /// Whether `authorization` carries the token. The comparison runs in constant time
+    /// (`subtle`, whose optimisation barrier keeps the compiler from turning it back into an
+    /// early-exit `memcmp`), so response timing does not reveal how much of a guess was right.
+    /// Only the token's length can leak, which is why it has a minimum.
+    fn authorized(&self, authorization: Option<&[u8]>) -> bool {
+        let Some(given) = authorization.and_then(|v| v.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        bool::from(self.state.token.as_bytes().ct_eq(given.trim_ascii()))
+    }
+
+    /// Answers one request; everything but the body read, so it is testable without a socket.
+    pub fn handle(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        authorization: Option<&[u8]>,
+    ) -> Response<Vec<u8>> {
+        if !self.authorized(authorization) {
+            tracing::warn!("admin request without a valid token");
+            let mut response =
+                json_response(StatusCode::UNAUTHORIZED, &json!({"error": "unauthorized"}));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+            return response;
+        }
+        let query = uri.query().unwrap_or("");
+        match (method, uri.path()) {
+            (&Method::POST, "/purge") => self.purge(query),
+            (&Method::GET, "/stats") => json_response(StatusCode::OK, &self.state.cache.stats()),
+            (&Method::GET, "/upstreams") => {
+                json_response(StatusCode::OK, &json!(self.state.upstreams.status()))
+            }
+            (&Method::GET, "/config") => json_response(StatusCode::OK, &self.state.config_summary),
+            (_, "/purge" | "/stats" | "/upstreams" | "/config") => json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method not allowed"}),
+            ),
+            _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        }
+    }
+
+    fn purge(&self, query: &str) -> Response<Vec<u8>> {
+        let params = parse_query(query);
+        let param = |name: &str| {
+            params
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let bad = |reason: &str| json_response(StatusCode::BAD_REQUEST, &json!({"error": reason}));
+        let host_param = param("host").filter(|h| !h.is_empty());
+        let result = match (param("url"), param("prefix")) {
+            (Some(url), None) => {
+                let Some(target) = PurgeTarget::parse(url) else {
+                    return bad("url must be a path, host/path or http(s)://host/path");
+                };
+                let host = target.host.or(host_param);
+                tracing::info!(host, path = target.path, "purge url");
+                self.state.cache.purge_url(host, target.path, target.query)
+            }
+            (None, Some(prefix)) => {
+                let Some(target) = PurgeTarget::parse(prefix) else {
+                    return bad("prefix must be a path, host/path or http(s)://host/path");
+                };
+                let host = target.host.or(host_param);
+                tracing::info!(host, prefix = target.path, "purge prefix");
+                self.state.cache.purge_prefix(host, target.path)
+            }
+            _ => return bad("give exactly one of url= or prefix="),
+        };
+        match result {
+            Ok(purged) => json_response(StatusCode::OK, &json!({ "purged": purged })),
+            Err(e) => bad(&e.to_string()),
+        }
+    }
+}
+
+#[async_trait]
+impl ServeHttp for AdminApp {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let (method, uri) = {
+            let req = session.req_header();
+            (req.method.clone(), req.uri.clone())
+        };
+        let span = tracing::info_span!("admin", %method, path = uri.path());
+        async {
+            // Drain any body so the connection can be reused; refuse absurd ones.
+            let mut read = 0usize;
+            loop {
+                match session.read_request_body().await {
+                    Ok(Some(chunk)) => {
+                        read += chunk.len();
+                        if read > MAX_BODY_BYTES {
+                            session.set_keepalive(None);
+                            return json_response(
+                                StatusCode::PAYLOAD_TOO_LARGE,
+                                &json!({"error": "request body too large"}),
+                            );
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reading admin request body");
+                        session.set_keepalive(None);
+                        return json_response(
+                            StatusCode::BAD_REQUEST,
+                            &json!({"error": "unreadable request body"}),
+                        );
+                    }
+                }
+            }
+            let authorization = session
+                .req_header()
+                .headers
+                .get(header::AUTHORIZATION)
+                .map(|v| v.as_bytes().to_vec());
+            self.handle(&method, &uri, authorization.as_deref())
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// The admin API as a pingora service listening on `config.listen`, after validating `config`.
+pub fn admin_service(
+    config: &AdminConfig,
+    state: AdminState,
+) -> Result<Service<AdminApp>, AdminError> {
+    config.validate()?;
+    let mut service = Service::new("admin".to_string(), AdminApp::new(state));
+    service.add_tcp(&config.listen);
+    Ok(service)
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
+    let body = body.to_string().into_bytes();
+    let length = body.len();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    response
+}
+
+/// A purge argument split into host, path and query.
+#[derive(Debug, PartialEq, Eq)]
+struct PurgeTarget<'a> {
+    host: Option<&'a str>,
+    path: &'a str,
+    query: Option<&'a str>,
+}
+
+impl<'a> PurgeTarget<'a> {
+    fn parse(url: &'a str) -> Option<Self> {
+        let rest = url
+            .strip_prefix("http://")
+            .or_else(|| url.strip_prefix("https://"))
+            .unwrap_or(url);
+        let (host, path_and_query) = match rest.find('/') {
+            Some(0) => (None, rest),
+            Some(i) => (Some(&rest[..i]), &rest[i..]),
+            None => return None,
+        };
+        let (path, query) = match path_and_query.split_once('?') {
+            Some((path, query)) => (path, Some(query)),
+            None => (path_and_query, None),
+        };
+        Some(Self { host, path, query })
+    }
+}
+
+/// Splits a query string into decoded `(name, value)` pairs (`application/x-www-form-urlencoded`:
+/// `+` is a space, `%XX` a byte). Undecodable escapes are kept verbatim.
+fn parse_query(query: &str) -> Vec<(String, String)> {
+    query
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            (percent_decode(name), percent_decode(value))
+        })
+        .collect()
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .and_then(|h| std::str::from_utf8(h).ok())
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                if let Some(byte) = hex {
+                    out.push(byte);
+                    i += 2;
+                } else {
+                    out.push(b'%');
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::upstream::GroupConfig;
+    use std::sync::Mutex;
+
+    const TOKEN: &str = "0123456789abcdef-secret";
+
+    /// Records purges and answers fixed stats.
+    #[derive(Default)]
+    struct FakeCache {
+        purged: Mutex<Vec<String>>,
+    }
+
+    impl CacheAdmin for FakeCache {
+        fn purge_url(
+            &self,
+            host: Option<&str>,
+            path: &str,
+            query: Option<&str>,
+        ) -> Result<usize, AdminError> {
+            let host = host.ok_or(AdminError::HostRequired)?;
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+            self.purged
+                .lock()
+                .unwrap()
+                .push(format!("url {host}{path}{query}"));
+            Ok(1)
+        }
+        fn purge_prefix(&self, host: Option<&str>, prefix: &str) -> Result<usize, AdminError> {
+            let host = host.ok_or(AdminError::HostRequired)?;
+            self.purged
+                .lock()
+                .unwrap()
+                .push(format!("prefix {host}{prefix}"));
+            Ok(3)
+        }
+        fn stats(&self) -> serde_json::Value {
+            json!({"items": 7})
+        }
+    }
+
+    fn app() -> (AdminApp, Arc<FakeCache>) {
+        let cache = Arc::new(FakeCache::default());
+        let upstreams =
+            Upstreams::new(&[GroupConfig::default()], Arc::new(Metrics::new().unwrap())).unwrap();
+        let app = AdminApp::new(AdminState {
+            token: TOKEN.to_string(),
+            cache: cache.clone(),
+            upstreams,
+            config_summary: json!({"listen": "0.0.0.0:8080"}),
+        });
+        (app, cache)
+    }
+
+    fn call(
+        app: &AdminApp,
+        method: Method,
+        uri: &str,
+        auth: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let uri: http::Uri = uri.parse().unwrap();
+        let response = app.handle(&method, &uri, auth.map(str::as_bytes));
+        let status = response.status();
+        (status, serde_json::from_slice(response.body()).unwrap())
+    }
+
+    #[test]
+    fn requests_without_the_right_token_get_401() {
+        let (app, cache) = app();
+        let bearer = format!("Bearer {TOKEN}");
+        for auth in [
+            None,
+            Some("Bearer"),
+            Some("Bearer wrong"),
+            Some(&format!("Basic {TOKEN}")),
+            Some(&bearer[..bearer.len() - 1]),
+            Some(&format!("{bearer}x")),
+        ] {
+            let (status, _) = call(&app, Method::POST, "/purge?prefix=/live/a/&host=h", auth);
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{auth:?}");
+        }
+        assert!(cache.purged.lock().unwrap().is_empty());
+        let (status, body) = call(&app, Method::GET, "/stats", Some(&bearer));
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, json!({"items": 7}));
+    }
+
+    #[test]
+    fn token_comparison_is_the_constant_time_one() {
+        let (app, _) = app();
+        let right = format!("Bearer {TOKEN}");
+        assert!(app.authorized(Some(right.as_bytes())));
+        // Same length, differs only in the last byte: rejected.
+        let almost = format!("Bearer {}X", &TOKEN[..TOKEN.len() - 1]);
+        assert!(!app.authorized(Some(almost.as_bytes())));
+        assert!(!app.authorized(Some(b"Bearer ")));
+    }
+
+    #[test]
+    fn purge_accepts_paths_hosts_and_full_urls() {
+        let (app, cache) = app();
+        let auth = Some(format!("Bearer {TOKEN}"));
+        let auth = auth.as_deref();
+        let cases = [
+            "/purge?url=/live/a/1.ts&host=cdn.example",
+            "/purge?url=cdn.example/live/a/2.ts",
+            "/purge?url=http%3A%2F%2Fcdn.example%2Flive%2Fa%2Findex.m3u8%3F_HLS_msn%3D5",
+            "/purge?prefix=/live/a/&host=cdn.example",
+        ];
+        for uri in cases {
+            let (status, _) = call(&app, Method::POST, uri, auth);
+            assert_eq!(status, StatusCode::OK, "{uri}");
+        }
+        assert_eq!(
+            *cache.purged.lock().unwrap(),
+            [
+                "url cdn.example/live/a/1.ts",
+                "url cdn.example/live/a/2.ts",
+                "url cdn.example/live/a/index.m3u8?_HLS_msn=5",
+                "prefix cdn.example/live/a/",
+            ]
+        );
+        let (_, body) = call(&app, Method::POST, "/purge?prefix=/live/a/&host=h", auth);
+        assert_eq!(body, json!({"purged": 3}));
+    }
+
+    #[test]
+    fn bad_purges_are_400_and_wrong_methods_405() {
+        let (app, _) = app();
+        let auth = format!("Bearer {TOKEN}");
+        let auth = Some(auth.as_str());
+        for uri in [
+            "/purge",
+            "/purge?url=/a&prefix=/b",
+            "/purge?url=no-slash",
+            "/purge?url=/live/a/1.ts",
+        ] {
+            assert_eq!(
+                call(&app, Method::POST, uri, auth).0,
+                StatusCode::BAD_REQUEST,
+                "{uri}"
+            );
+        }
+        assert_eq!(
+            call(&app, Method::GET, "/purge?url=/a", auth).0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            call(&app, Method::GET, "/nope", auth).0,
+            StatusCode::NOT_FOUND
+        );
+    }
+
+    #[test]
+    fn upstreams_and_config_are_reported_as_json() {
+        let (app, _) = app();
+        let auth = format!("Bearer {TOKEN}");
+        let (status, body) = call(&app, Method::GET, "/upstreams", Some(&auth));
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body[0]["name"], "default");
+        assert_eq!(body[0]["active"], "primary");
+        assert_eq!(body[0]["origins"][0]["healthy"], true);
+        let (_, body) = call(&app, Method::GET, "/config", Some(&auth));
+        assert_eq!(body, json!({"listen": "0.0.0.0:8080"}));
+    }
+
+    #[test]
+    fn config_refuses_non_loopback_unless_allowed_and_short_tokens() {
+        let mut config = AdminConfig {
+            enabled: true,
+            listen: "0.0.0.0:9090".to_string(),
+            token: TOKEN.to_string(),
+            allow_non_loopback: false,
+        };
+        assert!(matches!(
+            config.validate(),
+            Err(AdminError::InvalidConfig { key: "listen", .. })
+        ));
+        config.allow_non_loopback = true;
+        assert_eq!(config.validate(), Ok(()));
+        config.listen = "[::1]:9090".to_string();
+        config.allow_non_loopback = false;
+        assert_eq!(config.validate(), Ok(()));
+        config.token = "short".to_string();
+        assert!(matches!(
+            config.validate(),
+            Err(AdminError::InvalidConfig { key: "token", .. })
+        ));
+        assert_eq!(AdminConfig::default().validate(), Ok(()));
+    }
+
+    async fn fill(storage: &'static MokaStorage, key: &str) {
+        use pingora::cache::storage::Storage;
+        use pingora::cache::trace::Span;
+        use pingora::cache::{CacheKey, CacheMeta};
+        use std::time::{Duration, SystemTime};
+
+        let now = SystemTime::now();
+        let header = pingora::http::ResponseHeader::build(200, None).unwrap();
+        let meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+        let mut writer = storage
+            .get_miss_handler(&CacheKey::new(key, ""), &meta, &Span::inactive().handle())
+            .await
+            .unwrap();
+        writer
+            .write_body(bytes::Bytes::from_static(b"body"), true)
+            .await
+            .unwrap();
+        writer.finish().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn storage_admin_builds_keys_with_the_rules_and_purges_them() {
+        let storage = MokaStorage::new(1 << 20).leak();
+        for key in [
+            "h/live/a/1.ts",
+            "h/live/a/2.ts",
+            "h/live/b/1.ts",
+            "other/live/a/3.ts",
+        ] {
+            fill(storage, key).await;
+        }
+        let key_for: KeyFn = Arc::new(|host, path, query| {
+            let query = query.map(|q| format!("?{q}")).unwrap_or_default();
+            format!("{}{path}{query}", host.unwrap_or(""))
+        });
+        let admin = StorageAdmin::new(storage, true, key_for);
+        assert_eq!(admin.stats()["items"], 4);
+        assert_eq!(
+            admin.purge_url(None, "/live/a/1.ts", None),
+            Err(AdminError::HostRequired)
+        );
+        assert_eq!(admin.purge_url(Some("h"), "/live/a/1.ts", None), Ok(1));
+        assert_eq!(admin.purge_url(Some("h"), "/live/a/1.ts", None), Ok(0));
+        assert_eq!(admin.purge_prefix(Some("h"), "/live/a/"), Ok(1));
+        assert_eq!(admin.stats()["items"], 2);
+    }
+}
