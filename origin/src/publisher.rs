@@ -503,6 +503,15 @@ impl Publisher {
         self.write_raw(&wire, "publishing").await
     }
 
+    /// Answers the server (acknowledgements, pings) for `duration` without sending media;
+    /// fails with [`PublishError::ConnectionClosed`] if the server closes the connection.
+    pub async fn idle(&mut self, duration: Duration) -> Result<(), PublishError> {
+        let mut never: Shutdown = Box::pin(std::future::pending());
+        self.serve_until(Instant::now() + duration, &mut never)
+            .await?;
+        Ok(())
+    }
+
     /// Ends the publish with `deleteStream` and closes the connection.
     pub async fn finish(mut self) -> Result<PublishStats, PublishError> {
         let results = self.session.stop_publishing()?;
