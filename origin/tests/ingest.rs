@@ -1,24 +1,29 @@
-//! Ingest tests: the built-in publisher against an RTMP acceptor made of rml_rtmp's
-//! `ServerSession`, with and without the `Dechunker` in front of it.
+//! Ingest tests.
 //!
-//! They prove that a publisher interleaving audio chunks inside video messages (as OBS 30+ and
-//! FFmpeg 6.1+ do) reaches rml_rtmp intact through the Dechunker, and document that it does not
-//! without it.
+//! First the built-in publisher against an RTMP acceptor made of rml_rtmp's `ServerSession`,
+//! with and without the `Dechunker` in front of it: a publisher interleaving audio chunks
+//! inside video messages (as OBS 30+ and FFmpeg 6.1+ do) reaches rml_rtmp intact through the
+//! Dechunker, and does not without it. Then the same publisher against the real origin, and
+//! bad input on its RTMP port next to a good publisher.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use parallax_origin::publisher::{
-    publish, Clip, PublishError, PublishOptions, Publisher, RtmpUrl, TagKind,
+    publish, Clip, PublishError, PublishOptions, PublishStats, Publisher, RtmpUrl, TagKind,
 };
-use parallax_origin::rtmp::dechunk::Dechunker;
+use parallax_origin::rtmp::dechunk::{write_message_chunks, Dechunker, MessageHeader};
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{
     ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
 };
+use support::{get, parse_playlist, probe_url, require_ffmpeg, temp_dir, wait_for, TestOrigin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Bound on every test; the longest publishes 20 s of media in real time.
@@ -380,6 +385,259 @@ async fn server_closing_the_connection_is_reported() {
                 ),
             "{err}"
         );
+    })
+    .await
+    .unwrap();
+}
+
+/// The last segment's sequence number in a stream's live playlist, once it lists one.
+async fn last_sequence(origin: &TestOrigin, stream: &str) -> Option<u64> {
+    let resp = get(&origin.url(&format!("/live/{stream}/index.m3u8"))).await;
+    if resp.status != 200 {
+        return None;
+    }
+    parse_playlist(&resp.text())
+        .entries
+        .last()
+        .map(|e| e.sequence)
+}
+
+/// Starts `publish()` of the bundled clip on `stream`, interleaved; stop it with the sender.
+fn spawn_publisher(
+    origin: &TestOrigin,
+    stream: &str,
+) -> (
+    oneshot::Sender<()>,
+    JoinHandle<Result<PublishStats, PublishError>>,
+) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let mut opts = PublishOptions::new(origin.rtmp_url(stream));
+    opts.interleave_chunks = true;
+    opts.shutdown = Some(Box::pin(async {
+        let _ = stopped.await;
+    }));
+    (stop, tokio::spawn(publish(opts)))
+}
+
+/// Waits until the server closes `socket` (EOF or reset), reading and discarding its output.
+async fn closed_by_server(socket: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(within, async {
+        loop {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Connects and completes the client side of the RTMP handshake.
+async fn handshaken(addr: std::net::SocketAddr) -> TcpStream {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    let mut handshake = Handshake::new(PeerType::Client);
+    socket
+        .write_all(&handshake.generate_outbound_p0_and_p1().unwrap())
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.read(&mut buf).await.unwrap();
+        assert!(n > 0, "server closed during the handshake");
+        match handshake.process_bytes(&buf[..n]).unwrap() {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                socket.write_all(&response_bytes).await.unwrap();
+            }
+            HandshakeProcessResult::Completed { response_bytes, .. } => {
+                socket.write_all(&response_bytes).await.unwrap();
+                return socket;
+            }
+        }
+    }
+}
+
+/// Whether the server ends the publisher's connection within `within`.
+async fn publisher_closed_by_server(publisher: &mut Publisher, within: Duration) -> bool {
+    matches!(
+        publisher.idle(within).await,
+        Err(PublishError::ConnectionClosed { .. } | PublishError::Io { .. })
+    )
+}
+
+#[tokio::test]
+async fn interleaved_publish_of_the_bundled_clip_is_served_as_hls() {
+    require_ffmpeg();
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let origin = TestOrigin::start(|_| {}).await;
+        let (stop, publisher) = spawn_publisher(&origin, "clip");
+
+        // Two complete 2 s segments need a little over 4 s of media.
+        wait_for("two segments", Duration::from_secs(15), || async {
+            last_sequence(&origin, "clip").await.filter(|&s| s >= 1)
+        })
+        .await;
+        let playlist = parse_playlist(&get(&origin.url("/live/clip/index.m3u8")).await.text());
+        let dir = temp_dir("ingest-probe");
+        for entry in &playlist.entries {
+            let segment_url = origin.url(&format!("/live/clip/{}", entry.uri));
+            let resp = get(&segment_url).await;
+            assert_eq!(resp.status, 200, "{segment_url}");
+            assert_eq!(resp.header("content-type"), "video/mp2t");
+            let probe = probe_url(&segment_url, &dir).await;
+            assert_eq!(probe.codecs, vec!["aac", "h264"]);
+            assert!(
+                (probe.duration_secs - 2.0).abs() < 0.1,
+                "{} lasts {} s",
+                entry.uri,
+                probe.duration_secs
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+
+        stop.send(()).unwrap();
+        let stats = publisher.await.unwrap().unwrap();
+        assert!(stats.video_frames > 120, "{stats:?}");
+        origin.stop().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn bad_input_closes_its_connection_while_a_good_publisher_keeps_publishing() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let origin = TestOrigin::start(|config| {
+            config.rtmp.handshake_timeout_ms = 1_000;
+            config.rtmp.keyframe_timeout_ms = 1_500;
+        })
+        .await;
+        let (stop, good) = spawn_publisher(&origin, "good");
+        let before = wait_for(
+            "the good stream's first segment",
+            Duration::from_secs(10),
+            || last_sequence(&origin, "good"),
+        )
+        .await;
+
+        // Random bytes where the handshake belongs (C0 must be 3).
+        let mut socket = TcpStream::connect(origin.rtmp).await.unwrap();
+        let mut seed = 0x2545_F491_u32;
+        let noise: Vec<u8> = (0..8192)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                (seed >> 24) as u8
+            })
+            .collect();
+        let _ = socket.write_all(&noise).await;
+        assert!(
+            closed_by_server(&mut socket, Duration::from_secs(5)).await,
+            "random bytes"
+        );
+
+        // A handshake that stops halfway through C1.
+        let mut socket = TcpStream::connect(origin.rtmp).await.unwrap();
+        let mut c0c1 = Handshake::new(PeerType::Client)
+            .generate_outbound_p0_and_p1()
+            .unwrap();
+        c0c1.truncate(700);
+        socket.write_all(&c0c1).await.unwrap();
+        assert!(
+            closed_by_server(&mut socket, Duration::from_secs(5)).await,
+            "truncated handshake"
+        );
+
+        // A 2 GiB chunk size right after the handshake.
+        let mut socket = handshaken(origin.rtmp).await;
+        let header = MessageHeader {
+            timestamp: 0,
+            type_id: 1,
+            message_stream_id: 0,
+        };
+        let mut chunk = Vec::new();
+        write_message_chunks(2, &header, &0x8000_0000u32.to_be_bytes(), 128, |h, b| {
+            chunk.extend_from_slice(h);
+            chunk.extend_from_slice(b);
+        });
+        socket.write_all(&chunk).await.unwrap();
+        assert!(
+            closed_by_server(&mut socket, Duration::from_secs(5)).await,
+            "2 GiB chunk size"
+        );
+
+        // An AVC sequence header whose AVCDecoderConfigurationRecord is garbage.
+        let clip = Clip::bundled().unwrap();
+        let url = RtmpUrl::parse(&origin.rtmp_url("broken-avc")).unwrap();
+        let mut publisher = Publisher::connect(&url, false).await.unwrap();
+        publisher.send_metadata(&clip.metadata).await.unwrap();
+        let broken = Bytes::from_static(&[0x17, 0x00, 0x00, 0x00, 0x00, 0x01, 0xFF]);
+        let sent = publisher.send_video(0, broken).await;
+        let mut closed = sent.is_err();
+        for tag in clip.tags.iter().take(60) {
+            if closed {
+                break;
+            }
+            let sent = match tag.kind {
+                TagKind::Video => {
+                    publisher
+                        .send_video(tag.timestamp_ms, tag.data.clone())
+                        .await
+                }
+                TagKind::Audio => {
+                    publisher
+                        .send_audio(tag.timestamp_ms, tag.data.clone())
+                        .await
+                }
+            };
+            closed = sent.is_err()
+                || publisher_closed_by_server(&mut publisher, Duration::from_millis(30)).await;
+        }
+        assert!(
+            closed || publisher_closed_by_server(&mut publisher, Duration::from_secs(5)).await,
+            "broken AVC sequence header"
+        );
+
+        // A publish that sends inter frames but never a keyframe.
+        let url = RtmpUrl::parse(&origin.rtmp_url("no-keyframe")).unwrap();
+        let mut publisher = Publisher::connect(&url, false).await.unwrap();
+        publisher.send_metadata(&clip.metadata).await.unwrap();
+        publisher
+            .send_video(0, clip.video_config.clone().unwrap())
+            .await
+            .unwrap();
+        let inter_frames = clip
+            .tags
+            .iter()
+            .filter(|t| t.kind == TagKind::Video && t.data[0] >> 4 != 1);
+        let mut closed = false;
+        for tag in inter_frames {
+            let sent = publisher
+                .send_video(tag.timestamp_ms, tag.data.clone())
+                .await;
+            closed = sent.is_err()
+                || publisher_closed_by_server(&mut publisher, Duration::from_millis(33)).await;
+            if closed {
+                break;
+            }
+        }
+        assert!(closed, "publish without a keyframe");
+
+        // Meanwhile the good stream kept publishing and its playlist kept advancing.
+        let after = before + 2;
+        wait_for(
+            "the good stream to advance",
+            Duration::from_secs(10),
+            || async { last_sequence(&origin, "good").await.filter(|&s| s >= after) },
+        )
+        .await;
+        assert!(!good.is_finished(), "the good publisher stopped");
+        stop.send(()).unwrap();
+        let stats = good.await.unwrap().unwrap();
+        assert!(stats.video_frames > 0);
+        origin.stop().await;
     })
     .await
     .unwrap();
