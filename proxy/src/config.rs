@@ -220,9 +220,13 @@ pub struct LimitsConfig {
     pub max_uri_bytes: usize,
     /// Largest accepted sum of header names and values in bytes; larger → 431. Default 32768.
     pub max_header_bytes: usize,
-    /// Longest a client may stay silent while sending its request head, in milliseconds;
-    /// then the connection is closed (slowloris). Default 10000.
+    /// Longest a new client may stay silent while sending its first request head, in
+    /// milliseconds; then the connection is closed (slowloris). Default 10000.
     pub header_read_timeout_ms: u64,
+    /// How long an idle client connection is kept open between requests, in seconds (also the
+    /// per-read limit on later request heads). Default 75: above an ALB's default 60 s idle
+    /// timeout, so the load balancer, not the proxy, closes idle pooled connections.
+    pub keepalive_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -231,6 +235,7 @@ impl Default for LimitsConfig {
             max_uri_bytes: 8192,
             max_header_bytes: 32 * 1024,
             header_read_timeout_ms: 10_000,
+            keepalive_timeout_secs: 75,
         }
     }
 }

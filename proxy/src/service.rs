@@ -19,6 +19,7 @@
 //! Errors: `fail_to_connect` / `error_while_proxy` decide retries; `fail_to_proxy` is the one
 //! place that maps an error to a client status.
 
+use std::any::Any;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -523,8 +524,21 @@ impl ProxyHttp for EdgeProxy {
         matches!(e.etype(), ErrorType::HTTPStatus(_))
     }
 
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        Some(Box::new(ConnectionReused))
+    }
+
     // 8. Access log.
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        // Undo `HeaderTimeout`'s short first-request timeout for the idle time until the next
+        // request, unless pingora already decided not to keep the connection.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.limits.keepalive_timeout_secs));
+        }
         let req = session.req_header();
         let status = session
             .response_written()
@@ -597,19 +611,28 @@ fn via_value(existing: Option<&HeaderValue>) -> Result<HeaderValue> {
     }
 }
 
-/// Wraps pingora's HTTP app to bound how long a client may stall while sending a request head.
+/// Marks a downstream connection that already carried a request; see [`HeaderTimeout`].
+struct ConnectionReused;
+
+/// Wraps pingora's HTTP app to bound how long a new client may stall while sending its first
+/// request head (slowloris).
 ///
-/// Pingora reads request heads with a 60 s timeout per read and `ProxyHttp` gets control only
-/// after the head is complete, so the limit has to be set on the session before it is handed
-/// over. The timeout is per read, like nginx's `client_header_timeout`: a client trickling a
-/// byte just under the limit keeps its connection, but holds one idle socket, not a worker.
+/// `ProxyHttp` only gets control after a head is complete, so the limit has to be set on the
+/// session before it is handed over. Pingora applies the keepalive timeout (60 s by default) to
+/// every read of a request head, so for a connection's first request the keepalive timeout is
+/// lowered to the header timeout; [`EdgeProxy`]'s `logging` phase restores the idle keepalive
+/// timeout once a request completes, and `persist_connection_context` marks the connection as
+/// reused so later requests keep it (a load balancer's idle pooled connections must not be cut
+/// at the header timeout: ALBs answer 502 when a target closes a connection they reuse). The
+/// timeout is per read, like nginx's `client_header_timeout`; on reused connections it is the
+/// idle keepalive timeout.
 pub struct HeaderTimeout<A> {
     inner: Arc<A>,
     timeout: Duration,
 }
 
 impl<A> HeaderTimeout<A> {
-    /// Wraps `inner`, closing connections that stay silent for `timeout` mid-head.
+    /// Wraps `inner`, closing new connections that stay silent for `timeout` mid-head.
     pub fn new(inner: A, timeout: Duration) -> Self {
         HeaderTimeout {
             inner: Arc::new(inner),
@@ -625,7 +648,17 @@ impl<A: HttpServerApp + Send + Sync + 'static> HttpServerApp for HeaderTimeout<A
         mut session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        session.set_read_timeout(Some(self.timeout));
+        let reused = session
+            .take_connection_user_context()
+            .is_some_and(|ctx| ctx.is::<ConnectionReused>());
+        if !reused {
+            session.set_read_timeout(Some(self.timeout));
+            if session.get_keepalive().is_some() {
+                // Whole seconds is pingora's keepalive unit; 0 would mean "no timeout".
+                let secs = self.timeout.as_millis().div_ceil(1000).max(1);
+                session.set_keepalive(Some(u64::try_from(secs).unwrap_or(u64::MAX)));
+            }
+        }
         self.inner.process_new_http(session, shutdown).await
     }
 

@@ -1,4 +1,5 @@
 //! Cache behaviour end to end: the real `proxy` binary in front of the in-test origin.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
