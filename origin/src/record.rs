@@ -356,4 +356,67 @@ mod tests {
         assert!(dir.join("0.ts").exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    fn stored(dir: &Path, sequence: u64) -> StoredSegment {
+        let path = dir.join(format!("{sequence}.ts"));
+        std::fs::write(&path, vec![0x47u8; 188 * 10]).unwrap();
+        StoredSegment {
+            info: SegmentInfo {
+                sequence,
+                discontinuity_sequence: 0,
+                discontinuity: false,
+                duration_ms: 2000,
+                name: format!("{sequence}.ts"),
+                first_pts_90k: sequence * 180_000,
+            },
+            program_date_time_ms: 1_700_000_000_000 + sequence as i64 * 2000,
+            path,
+            bytes: 1880,
+        }
+    }
+
+    #[tokio::test]
+    async fn recordings_roll_over_and_share_the_live_segment_files() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("parallax-rec-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let live = root.join("live");
+        create_dir(&live).unwrap();
+        let name = StreamName::parse("show", 64).unwrap();
+        let vod = root.join("vod");
+        let rollover = Rollover {
+            max_bytes: 1 << 30,
+            max_duration_ms: 4000,
+        };
+        let mut rec = Recorder::new(name.clone(), vod.clone(), 2, rollover);
+        let mut finished = Vec::new();
+        for seq in 0..5 {
+            finished.extend(rec.add(&stored(&live, seq)).unwrap());
+        }
+        finished.extend(rec.finish().unwrap());
+        assert_eq!(finished.len(), 3, "4 s rollover over 10 s: {finished:?}");
+
+        let list = list_recordings(&vod, &name).await.unwrap().unwrap();
+        let segments: Vec<usize> = list.iter().map(|r| r.segments).collect();
+        assert_eq!(segments, [2, 2, 1]);
+        assert_eq!(list[0].id, "1700000000000");
+        assert_eq!(list[0].url, "/vod/show/1700000000000/index.m3u8");
+        assert_eq!(list[0].duration_ms, 4000);
+        assert_eq!(list[0].start_time, "2023-11-14T22:13:20.000Z");
+
+        let playlist = std::fs::read_to_string(finished[1].dir.join(PLAYLIST_NAME)).unwrap();
+        assert!(
+            playlist.contains("#EXT-X-PLAYLIST-TYPE:VOD\n"),
+            "{playlist}"
+        );
+        assert!(playlist.contains("#EXT-X-MEDIA-SEQUENCE:2\n"), "{playlist}");
+        assert!(playlist.trim_end().ends_with("#EXT-X-ENDLIST"));
+        // A hard link, not a copy.
+        let a = std::fs::metadata(live.join("2.ts")).unwrap().ino();
+        let b = std::fs::metadata(finished[1].dir.join("2.ts"))
+            .unwrap()
+            .ino();
+        assert_eq!(a, b);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -213,13 +213,14 @@ impl LiveStore {
             path,
             bytes: segment.data.len() as u64,
         };
-        self.window.push_back(stored.clone());
-        self.ended = false;
+        // The longest playlist that listed the segments about to leave: the current one.
         let playlist_ms: u64 = self
             .window
             .iter()
             .map(|s| u64::from(s.info.duration_ms))
             .sum();
+        self.window.push_back(stored.clone());
+        self.ended = false;
         while self.window.len() > self.window_segments {
             if let Some(old) = self.window.pop_front() {
                 let keep = Duration::from_millis(u64::from(old.info.duration_ms) + playlist_ms);
@@ -232,6 +233,10 @@ impl LiveStore {
 
     /// Rewrites the playlist with EXT-X-ENDLIST: the publish is over for good.
     pub fn end(&mut self) -> Result<(), StoreError> {
+        if self.window.is_empty() {
+            // Nothing was ever packaged (the publish failed early): no playlist to end.
+            return Ok(());
+        }
         self.ended = true;
         self.write_playlist()
     }
@@ -326,6 +331,73 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("index.m3u8")]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn segment(sequence: u64) -> Segment {
+        Segment {
+            sequence,
+            discontinuity_sequence: 0,
+            discontinuity: false,
+            duration_ms: 2000,
+            name: format!("{sequence}.ts"),
+            first_pts_90k: sequence * 180_000,
+            data: bytes::Bytes::from(vec![0x47; 188]),
+        }
+    }
+
+    fn temp(what: &str) -> PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("parallax-store-{what}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn segments_leave_disk_only_after_their_availability_time() {
+        let dir = temp("availability");
+        let mut store = LiveStore::open(dir.clone(), 2, 3).unwrap();
+        let t0 = Instant::now();
+        for seq in 0..5 {
+            store.add_segment(&segment(seq), 0, t0).unwrap();
+        }
+        let playlist = std::fs::read_to_string(dir.join(PLAYLIST_NAME)).unwrap();
+        assert!(playlist.contains("#EXT-X-MEDIA-SEQUENCE:2\n"), "{playlist}");
+        assert!(!playlist.contains("0.ts") && !playlist.contains("1.ts"));
+        assert!(playlist.contains("#EXT-X-PROGRAM-DATE-TIME:"));
+        // 0.ts left a playlist of 3 × 2 s: it stays 2 s + 6 s.
+        assert_eq!(store.delete_expired(t0 + Duration::from_millis(7_999)), 0);
+        assert!(dir.join("0.ts").exists());
+        assert_eq!(store.delete_expired(t0 + Duration::from_millis(8_000)), 2);
+        assert!(!dir.join("0.ts").exists() && !dir.join("1.ts").exists());
+        assert!(dir.join("2.ts").exists());
+        store.end().unwrap();
+        let ended = std::fs::read_to_string(dir.join(PLAYLIST_NAME)).unwrap();
+        assert!(ended.ends_with("#EXT-X-ENDLIST\n"), "{ended}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn leftovers_of_an_earlier_publish_expire_unless_rewritten() {
+        let dir = temp("leftovers");
+        create_dir(&dir).unwrap();
+        std::fs::write(dir.join("7.ts"), b"old").unwrap();
+        std::fs::write(dir.join("8.ts"), b"old").unwrap();
+        let t0 = Instant::now();
+        let mut store = LiveStore::open(dir.clone(), 2, 3).unwrap();
+        store.add_segment(&segment(8), 0, t0).unwrap();
+        assert_eq!(store.delete_expired(t0 + Duration::from_secs(60)), 1);
+        assert!(!dir.join("7.ts").exists());
+        assert_eq!(std::fs::read(dir.join("8.ts")).unwrap().len(), 188);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stream_that_never_produced_a_segment_gets_no_playlist() {
+        let dir = temp("empty");
+        let mut store = LiveStore::open(dir.clone(), 2, 3).unwrap();
+        store.end().unwrap();
+        assert!(!dir.join(PLAYLIST_NAME).exists());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -288,6 +288,12 @@ async fn hostile_peers_are_disconnected_while_a_good_stream_keeps_serving() {
     )
     .await
     .unwrap();
+    // AAC sequence header (AAC LC, 44.1 kHz, stereo), then raw AAC frames.
+    audio_only
+        .send_audio(0, bytes::Bytes::from_static(&[0xaf, 0x00, 0x12, 0x10]))
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
     let closed = async {
         for ts in 0..400u32 {
             audio_only
@@ -303,6 +309,10 @@ async fn hostile_peers_are_disconnected_while_a_good_stream_keeps_serving() {
     assert!(
         closed.await.is_err(),
         "a publish without keyframes must be closed"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_400),
+        "closed by the keyframe timeout, not for its audio"
     );
 
     // The good stream was never disturbed.
