@@ -321,7 +321,8 @@ impl Dechunker {
     /// of incomplete chunks and messages are kept for the next call. After an error the
     /// connection's chunk stream is unrecoverable and must be closed.
     pub fn push(&mut self, input: &[u8]) -> Result<Bytes, DechunkError> {
-        let mut out = BytesMut::new();
+        // Re-chunking adds at most a few header bytes per chunk to what came in.
+        let mut out = BytesMut::with_capacity(input.len() + MAX_HEADER_BYTES);
         for message in self.push_messages(input)? {
             message.write_chunks(|head, body| {
                 out.put_slice(head);
@@ -361,9 +362,12 @@ impl Dechunker {
                             max: self.limits.max_buffered_bytes,
                         });
                     }
-                    let bytes = self.pending.split_to(take);
-                    let stream = self.stream_mut(csid)?;
-                    stream.partial.extend_from_slice(&bytes);
+                    let stream = self
+                        .streams
+                        .get_mut(&csid)
+                        .ok_or(DechunkError::NoPreviousHeader { csid })?;
+                    stream.partial.extend_from_slice(&self.pending[..take]);
+                    self.pending.advance(take);
                     self.buffered = new_total;
                     if take == remaining {
                         self.finish_chunk(csid, &mut out)?;
@@ -931,6 +935,61 @@ mod tests {
                 received: 128,
                 length: 300
             })
+        );
+    }
+
+    #[test]
+    fn corrupted_input_errors_or_stays_bounded_and_never_panics() {
+        let limits = DechunkLimits {
+            max_message_bytes: 64 * 1024,
+            max_chunk_streams: 8,
+            max_buffered_bytes: 128 * 1024,
+        };
+        let mut valid = serialize_with_rml(&[message(COMMAND, 0, 300), message(VIDEO, 0, 900)]);
+        valid.extend(interleave(
+            &message(VIDEO, 40, 1500),
+            &message(AUDIO, 45, 400),
+            128,
+        ));
+        let mut seed = 0x9E37_79B9_u32;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            seed as usize
+        };
+        let (mut errors, mut completed) = (0, 0);
+        for _ in 0..2000 {
+            let mut wire = valid.clone();
+            for _ in 0..1 + next() % 3 {
+                let at = next() % wire.len();
+                wire[at] = next() as u8;
+            }
+            let mut dechunker = Dechunker::with_limits(limits);
+            let mut rest = &wire[..];
+            let mut failed = false;
+            while !rest.is_empty() {
+                let (piece, tail) = rest.split_at((1 + next() % 200).min(rest.len()));
+                rest = tail;
+                failed = dechunker.push(piece).is_err();
+                if failed {
+                    break;
+                }
+                assert!(dechunker.pending.len() <= MAX_HEADER_BYTES + 4);
+                assert!(dechunker.buffered <= limits.max_buffered_bytes);
+                assert!(dechunker.streams.len() <= limits.max_chunk_streams);
+            }
+            if failed {
+                errors += 1;
+            } else {
+                completed += 1;
+            }
+        }
+        // Corruption both broke parsing and slipped through as different payload or header
+        // values, so both paths ran.
+        assert!(
+            errors > 0 && completed > 0,
+            "{errors} errors, {completed} completed"
         );
     }
 
