@@ -10,8 +10,9 @@ use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
+use crate::admin::{AdminConfig, AdminError};
 use crate::rules::{default_rules, CacheKeyConfig, CacheRules, RuleConfig, RulesError};
 use crate::upstream::{GroupConfig, UpstreamError};
 
@@ -54,7 +55,7 @@ impl ConfigError {
 }
 
 /// The whole proxy configuration.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Client-facing listeners (plain HTTP and TLS).
@@ -66,7 +67,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// The shared object cache.
     pub cache: CacheConfig,
-    /// The admin API (purge, stats, health).
+    /// The admin API (purge, stats, upstream health, config summary); off unless
+    /// `admin.enabled` (or `--admin-token`).
     pub admin: AdminConfig,
     /// The Prometheus endpoint.
     pub metrics: MetricsConfig,
@@ -82,7 +84,7 @@ pub struct Config {
 }
 
 /// Client-facing listeners.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ListenConfig {
     /// Plain HTTP listen address. Default `0.0.0.0:8080`; empty string disables it.
@@ -101,7 +103,7 @@ impl Default for ListenConfig {
 }
 
 /// One TLS listener: an address and one or more certificates chosen by SNI.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct TlsListenerConfig {
     /// Listen address, e.g. `0.0.0.0:8443`. Required.
@@ -118,7 +120,7 @@ fn yes() -> bool {
 }
 
 /// A certificate chain and its key, both PEM files.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct CertConfig {
     /// PEM certificate chain, leaf first. Required.
@@ -131,7 +133,7 @@ pub struct CertConfig {
 }
 
 /// A route: requests matching `host` (if set) and `path_prefix` (if set) go to `group`.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct RouteConfig {
     /// Host header to match, without port, case-insensitive. Empty = any host.
@@ -143,7 +145,7 @@ pub struct RouteConfig {
 }
 
 /// The shared object cache.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CacheConfig {
     /// Upper bound on cached bytes (bodies + headers). Default 1 GiB.
@@ -174,27 +176,8 @@ impl Default for CacheConfig {
     }
 }
 
-/// The admin API listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AdminConfig {
-    /// Listen address. Default `127.0.0.1:9090` (loopback: purge must not be public).
-    pub addr: String,
-    /// Bearer token clients must send. Empty (the default) disables the admin API.
-    pub token: String,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            addr: "127.0.0.1:9090".into(),
-            token: String::new(),
-        }
-    }
-}
-
 /// The Prometheus scrape endpoint.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Listen address for `GET /metrics`. Empty (the default) disables the endpoint.
@@ -202,7 +185,7 @@ pub struct MetricsConfig {
 }
 
 /// Origin protection: only requests carrying `header: secret` are served.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct OriginProtectionConfig {
     /// Header name, e.g. `x-origin-verify`. Required.
@@ -213,7 +196,7 @@ pub struct OriginProtectionConfig {
 
 /// Request hardening limits the proxy enforces on top of pingora's own (pingora rejects request
 /// heads over 1 MiB and more than 256 header lines with 400).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Longest accepted request target (path + query) in bytes; longer → 414. Default 8192.
@@ -241,7 +224,7 @@ impl Default for LimitsConfig {
 }
 
 /// Logging.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// Access log format: `text` (default) or `json`.
@@ -261,7 +244,7 @@ impl Default for LogConfig {
 }
 
 /// Access log output format.
-#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, Default, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable `key=value` lines.
@@ -272,7 +255,7 @@ pub enum LogFormat {
 }
 
 /// Process-level settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerConfig {
     /// Worker threads per listening service. Default 0 = one per CPU.
@@ -416,15 +399,12 @@ impl Config {
             ));
         }
 
-        if !self.admin.token.is_empty() {
-            check_addr("admin.addr", &self.admin.addr)?;
-            if self.admin.token.len() < 16 {
-                return Err(ConfigError::invalid(
-                    "admin.token",
-                    "must be at least 16 bytes",
-                ));
+        self.admin.validate().map_err(|e| match e {
+            AdminError::InvalidConfig { key, reason } => {
+                ConfigError::invalid(format!("admin.{key}"), reason)
             }
-        }
+            other => ConfigError::invalid("admin", other.to_string()),
+        })?;
         if !self.metrics.addr.is_empty() {
             check_addr("metrics.addr", &self.metrics.addr)?;
         }
@@ -473,6 +453,18 @@ impl Config {
             ));
         }
         Ok(self)
+    }
+
+    /// The configuration as JSON with secrets (admin token, origin-protection secret) replaced
+    /// by `"<redacted>"`, for the admin API's `GET /config`.
+    pub fn summary(&self) -> serde_json::Value {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        for pointer in ["/admin/token", "/origin_protection/secret"] {
+            if let Some(secret) = value.pointer_mut(pointer) {
+                *secret = serde_json::Value::from("<redacted>");
+            }
+        }
+        value
     }
 
     /// The worker thread count to use: `server.threads`, or one per CPU when 0.
@@ -541,8 +533,8 @@ mod tests {
         let config = minimal().validate().unwrap();
         assert_eq!(config.listen.http, "0.0.0.0:8080");
         assert!(config.listen.tls.is_empty());
-        assert_eq!(config.admin.addr, "127.0.0.1:9090");
-        assert!(config.admin.token.is_empty());
+        assert_eq!(config.admin.listen, "127.0.0.1:9090");
+        assert!(!config.admin.enabled);
         assert!(config.metrics.addr.is_empty());
         assert!(config.origin_protection.is_none());
         assert_eq!(config.cache.max_bytes, 1 << 30);
@@ -572,7 +564,11 @@ mod tests {
         let cases = [
             ("[listen]\nhttp = \"nope\"\n", "listen.http"),
             ("[cache]\nmax_bytes = 0\n", "cache.max_bytes"),
-            ("[admin]\ntoken = \"short\"\n", "admin.token"),
+            ("[admin]\nenabled = true\ntoken = \"short\"\n", "admin.token"),
+            (
+                "[admin]\nenabled = true\nlisten = \"0.0.0.0:9090\"\ntoken = \"0123456789abcdef\"\n",
+                "admin.listen",
+            ),
             (
                 "[origin_protection]\nheader = \"x-secret\"\nsecret = \"s\"\n",
                 "origin_protection.secret",
@@ -605,6 +601,20 @@ mod tests {
             )),
             "upstreams[a].name"
         );
+    }
+
+    #[test]
+    fn the_summary_leaves_secrets_out() {
+        let mut config = minimal();
+        config.admin.token = "admin-token-0123456789".into();
+        config.origin_protection = Some(OriginProtectionConfig {
+            header: "x-origin-verify".into(),
+            secret: "cloudfront-secret-0123".into(),
+        });
+        let text = config.summary().to_string();
+        assert!(!text.contains("admin-token-0123456789"), "{text}");
+        assert!(!text.contains("cloudfront-secret-0123"), "{text}");
+        assert!(text.contains("x-origin-verify"), "{text}");
     }
 
     #[test]

@@ -47,6 +47,7 @@ use tracing::{error, info};
 pub use config::Config;
 pub use service::{EdgeProxy, Readiness, Shared};
 
+use admin::{AdminState, StorageAdmin};
 use metrics::{CacheStats, Metrics};
 use rules::CacheRules;
 use storage::MokaStorage;
@@ -95,6 +96,23 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
             metrics.clone(),
             &config.metrics.addr,
         ));
+    }
+    if config.admin.enabled {
+        let key_rules = rules.clone();
+        let cache = StorageAdmin::new(
+            storage,
+            config.cache.key.include_host,
+            Arc::new(move |host, path, query| key_rules.key_for(host, path, query)),
+        );
+        let state = AdminState {
+            token: config.admin.token.clone(),
+            cache: Arc::new(cache),
+            upstreams: upstreams.clone(),
+            config_summary: config.summary(),
+        };
+        let service = admin::admin_service(&config.admin, state)
+            .or_err(ErrorType::InternalError, "admin API")?;
+        server.add_service(service);
     }
     let shared = Arc::new(Shared {
         upstreams,

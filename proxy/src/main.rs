@@ -27,7 +27,7 @@ struct Args {
     /// Plain HTTP listen address (default 0.0.0.0:8080).
     #[arg(long)]
     listen: Option<String>,
-    /// Admin API bearer token; enables the admin API.
+    /// Admin API bearer token (at least 16 characters); enables the admin API.
     #[arg(long)]
     admin_token: Option<String>,
     /// Admin API listen address (default 127.0.0.1:9090).
@@ -91,9 +91,10 @@ fn load(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(token) = &args.admin_token {
         config.admin.token = token.clone();
+        config.admin.enabled = true;
     }
     if let Some(addr) = &args.admin_addr {
-        config.admin.addr = addr.clone();
+        config.admin.listen = addr.clone();
     }
     if let Some(threads) = args.threads {
         config.server.threads = threads;

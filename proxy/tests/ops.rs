@@ -1,0 +1,230 @@
+//! Operations: /healthz and SIGTERM draining, origin protection, the admin API's purge, the
+//! Prometheus endpoint, and the access log.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const TOKEN: &str = "test-admin-token-0123456789";
+
+#[tokio::test]
+async fn healthz_turns_503_on_sigterm_while_traffic_is_still_served_then_the_process_exits() {
+    let origin = Origin::start().await;
+    origin.set("/live/1.ts", Reply::ok("segment"));
+    let mut proxy = Proxy::start_with(
+        &upstream_config(&origin, None),
+        ProxyOptions {
+            drain_secs: 2,
+            grace_period_secs: 1,
+            ..ProxyOptions::default()
+        },
+    )
+    .await;
+    assert_eq!(get(proxy.addr, "/healthz").await.unwrap().status, 200);
+
+    proxy.sigterm();
+    let signalled = Instant::now();
+    loop {
+        let status = get(proxy.addr, "/healthz").await.unwrap().status;
+        if status == 503 {
+            break;
+        }
+        assert_eq!(status, 200);
+        assert!(
+            signalled.elapsed() < Duration::from_secs(1),
+            "healthz still 200 a second after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Draining: the load balancer is told to go away, but requests still in flight or arriving
+    // before deregistration completes are served.
+    let during = get(proxy.addr, "/live/1.ts").await.unwrap();
+    assert_eq!(during.status, 200);
+    assert_eq!(during.body, b"segment");
+
+    assert!(
+        proxy.wait_exit(Duration::from_secs(15)).await,
+        "proxy still running after drain + grace period:\n{}",
+        proxy.log()
+    );
+}
+
+#[tokio::test]
+async fn requests_without_the_origin_protection_secret_get_403() {
+    let origin = Origin::start().await;
+    origin.set("/live/1.ts", Reply::ok("segment"));
+    let secret = "cloudfront-shared-secret-42";
+    let proxy = Proxy::start(&format!(
+        "{}\n[origin_protection]\nheader = \"x-origin-verify\"\nsecret = \"{secret}\"\n",
+        upstream_config(&origin, None)
+    ))
+    .await;
+
+    assert_eq!(get(proxy.addr, "/live/1.ts").await.unwrap().status, 403);
+    let wrong = get_with(
+        proxy.addr,
+        "/live/1.ts",
+        &[("x-origin-verify", "cloudfront-shared-secret-43")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(wrong.status, 403);
+    assert_eq!(origin.total(), 0);
+
+    let right = get_with(proxy.addr, "/live/1.ts", &[("x-origin-verify", secret)])
+        .await
+        .unwrap();
+    assert_eq!(right.status, 200);
+    assert_eq!(right.body, b"segment");
+    // The secret is for the edge only; the origin never sees it.
+    assert!(origin.seen()[0].header("x-origin-verify").is_none());
+    // Load-balancer health checks do not carry the CloudFront header.
+    assert_eq!(get(proxy.addr, "/healthz").await.unwrap().status, 200);
+}
+
+async fn admin(port: u16, method: &str, target: &str, token: Option<&str>) -> Response {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth
+        .as_deref()
+        .map(|a| vec![("authorization", a), ("content-length", "0")])
+        .unwrap_or_else(|| vec![("content-length", "0")]);
+    request(
+        format!("127.0.0.1:{port}").parse().unwrap(),
+        method,
+        target,
+        &headers,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_admin_api_purges_one_url_and_a_stream_prefix() {
+    let origin = Origin::start().await;
+    for path in ["/live/a/1.ts", "/live/a/2.ts", "/live/b/1.ts"] {
+        origin.set(path, Reply::ok(path.as_bytes()));
+    }
+    let admin_port = free_port();
+    let proxy = Proxy::start(&format!(
+        "{}\n[admin]\nenabled = true\nlisten = \"127.0.0.1:{admin_port}\"\ntoken = \"{TOKEN}\"\n",
+        upstream_config(&origin, None)
+    ))
+    .await;
+    for path in ["/live/a/1.ts", "/live/a/2.ts", "/live/b/1.ts"] {
+        assert_eq!(get(proxy.addr, path).await.unwrap().status, 200);
+        assert_eq!(
+            get(proxy.addr, path).await.unwrap().header("x-cache"),
+            Some("HIT")
+        );
+    }
+
+    let denied = admin(admin_port, "POST", "/purge?url=/live/a/1.ts", None).await;
+    assert_eq!(denied.status, 401);
+
+    let one = admin(
+        admin_port,
+        "POST",
+        "/purge?url=http://test.local/live/a/1.ts",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(one.status, 200, "{}", String::from_utf8_lossy(&one.body));
+    assert_eq!(
+        get(proxy.addr, "/live/a/1.ts")
+            .await
+            .unwrap()
+            .header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        get(proxy.addr, "/live/a/2.ts")
+            .await
+            .unwrap()
+            .header("x-cache"),
+        Some("HIT")
+    );
+
+    let prefix = admin(
+        admin_port,
+        "POST",
+        "/purge?prefix=/live/a/&host=test.local",
+        Some(TOKEN),
+    )
+    .await;
+    assert_eq!(
+        prefix.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&prefix.body)
+    );
+    assert_eq!(
+        get(proxy.addr, "/live/a/2.ts")
+            .await
+            .unwrap()
+            .header("x-cache"),
+        Some("MISS")
+    );
+    assert_eq!(
+        get(proxy.addr, "/live/b/1.ts")
+            .await
+            .unwrap()
+            .header("x-cache"),
+        Some("HIT")
+    );
+    assert_eq!(origin.hits("/live/a/1.ts"), 2);
+    assert_eq!(origin.hits("/live/a/2.ts"), 2);
+    assert_eq!(origin.hits("/live/b/1.ts"), 1);
+
+    let config = admin(admin_port, "GET", "/config", Some(TOKEN)).await;
+    assert_eq!(config.status, 200);
+    assert!(!String::from_utf8_lossy(&config.body).contains(TOKEN));
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_cache_status_and_the_access_log_has_a_line_per_request() {
+    let origin = Origin::start().await;
+    origin.set("/live/1.ts", Reply::ok(pattern(1000, 1)));
+    let metrics_port = free_port();
+    let proxy = Proxy::start(&format!(
+        "{}\n[metrics]\naddr = \"127.0.0.1:{metrics_port}\"\n[log]\nformat = \"json\"\n",
+        upstream_config(&origin, None)
+    ))
+    .await;
+    get(proxy.addr, "/live/1.ts").await.unwrap();
+    get(proxy.addr, "/live/1.ts").await.unwrap();
+
+    let scrape = get(
+        format!("127.0.0.1:{metrics_port}").parse().unwrap(),
+        "/metrics",
+    )
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&scrape.body);
+    assert!(
+        text.contains("parallax_requests_total{cache_status=\"hit\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("parallax_requests_total{cache_status=\"miss\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("parallax_origin_requests_total{group=\"live\",origin=\"primary\"} 1"),
+        "{text}"
+    );
+
+    let log = proxy.log();
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access" && v["fields"]["path"] == "/live/1.ts")
+        .collect();
+    assert_eq!(access.len(), 2, "{log}");
+    assert_eq!(access[0]["fields"]["cache"], "MISS");
+    assert_eq!(access[1]["fields"]["cache"], "HIT");
+    assert_eq!(access[1]["fields"]["status"], 200);
+    assert_eq!(access[1]["fields"]["bytes"], 1000);
+}
