@@ -39,6 +39,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, Instrument};
 
+use crate::media::flv::{TAG_AUDIO, TAG_SCRIPT, TAG_VIDEO};
+use crate::media::{FlvReader, MediaError};
 use crate::rtmp::dechunk::{DechunkError, Dechunker, Message};
 
 /// The bundled test clip: 10 s of test pattern and tone, H.264 + AAC, a keyframe every 2 s
@@ -58,11 +60,6 @@ const INTERLEAVED_CHUNK_SIZE: u32 = 128;
 
 /// Chunk size otherwise; rml_rtmp's default, large enough that most audio frames fit one chunk.
 const CONTIGUOUS_CHUNK_SIZE: u32 = 4096;
-
-/// FLV tag types (FLV spec §E.4.1).
-const FLV_AUDIO: u8 = 8;
-const FLV_VIDEO: u8 = 9;
-const FLV_SCRIPT: u8 = 18;
 
 /// A future that resolves when publishing should stop.
 pub type Shutdown = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -142,7 +139,10 @@ pub enum PublishError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The clip is not a usable FLV file.
+    /// The clip is not an FLV file, or is truncated.
+    #[error("reading FLV clip: {0}")]
+    Flv(#[from] MediaError),
+    /// The clip is an FLV file the publisher cannot loop.
     #[error("bad FLV clip: {0}")]
     BadClip(String),
     /// The TCP connection could not be made.
@@ -274,7 +274,7 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishStats, PublishError>
                     path: path.clone(),
                     source,
                 })?;
-            Clip::parse(&bytes)?
+            Clip::parse(bytes.into())?
         }
         None => Clip::bundled()?,
     };
@@ -767,79 +767,52 @@ pub struct Clip {
 impl Clip {
     /// The bundled clip, [`BUNDLED_CLIP`].
     pub fn bundled() -> Result<Self, PublishError> {
-        Clip::parse(BUNDLED_CLIP)
+        Clip::parse(Bytes::from_static(BUNDLED_CLIP))
     }
 
-    /// Parses an FLV file (FLV spec, Annex E): header, then tags each followed by a 4-byte
-    /// previous-tag size.
-    pub fn parse(file: &[u8]) -> Result<Self, PublishError> {
-        let bad = |what: String| PublishError::BadClip(what);
-        if file.len() < 13 || &file[..3] != b"FLV" {
-            return Err(bad("missing FLV signature".into()));
-        }
-        let header_len = u32::from_be_bytes([file[5], file[6], file[7], file[8]]) as usize;
-        // The header is followed by PreviousTagSize0.
-        let mut pos = header_len
-            .checked_add(4)
-            .filter(|&p| p <= file.len())
-            .ok_or_else(|| bad(format!("header size {header_len} exceeds the file")))?;
-
+    /// Splits an FLV file (read with [`FlvReader`]) into onMetaData, the sequence headers and
+    /// the media tags to loop.
+    pub fn parse(file: Bytes) -> Result<Self, PublishError> {
         let mut metadata = StreamMetadata::new();
         let (mut video_config, mut audio_config) = (None, None);
         let mut tags = Vec::new();
-        while pos < file.len() {
-            let header = file
-                .get(pos..pos + 11)
-                .ok_or_else(|| bad(format!("truncated tag header at offset {pos}")))?;
-            if header[0] & 0x20 != 0 {
-                return Err(bad(format!("encrypted tag at offset {pos}")));
-            }
-            let tag_type = header[0] & 0x1F;
-            let size = u32::from_be_bytes([0, header[1], header[2], header[3]]) as usize;
-            // 24 low bits, then the extension byte holding bits 24-31.
-            let timestamp_ms = u32::from_be_bytes([header[7], header[4], header[5], header[6]]);
-            let body_start = pos + 11;
-            let body = file
-                .get(body_start..body_start + size)
-                .ok_or_else(|| bad(format!("truncated tag body at offset {pos}")))?;
-            let data = Bytes::copy_from_slice(body);
-            pos = body_start + size + 4;
-
-            match tag_type {
-                FLV_VIDEO => {
+        for tag in FlvReader::new(file)? {
+            let tag = tag?;
+            let body = &tag.body[..];
+            match tag.tag_type {
+                TAG_VIDEO => {
                     // AVC (codec 7) packet type 0 is the sequence header, 2 end of sequence.
                     let avc_packet_type = (body.first().map(|b| b & 0x0F) == Some(7))
                         .then(|| body.get(1))
                         .flatten();
                     match avc_packet_type {
                         Some(0) => {
-                            video_config.get_or_insert(data);
+                            video_config.get_or_insert(tag.body);
                         }
                         Some(2) => {}
                         _ => tags.push(ClipTag {
                             kind: TagKind::Video,
-                            timestamp_ms,
-                            data,
+                            timestamp_ms: tag.ts_ms,
+                            data: tag.body,
                         }),
                     }
                 }
-                FLV_AUDIO => {
+                TAG_AUDIO => {
                     // AAC (sound format 10) packet type 0 is the sequence header.
                     let is_aac = body.first().map(|b| b >> 4) == Some(10);
                     if is_aac && body.get(1) == Some(&0) {
-                        audio_config.get_or_insert(data);
+                        audio_config.get_or_insert(tag.body);
                     } else {
                         tags.push(ClipTag {
                             kind: TagKind::Audio,
-                            timestamp_ms,
-                            data,
+                            timestamp_ms: tag.ts_ms,
+                            data: tag.body,
                         });
                     }
                 }
-                FLV_SCRIPT => {
-                    let mut cursor = std::io::Cursor::new(body);
-                    let values = rml_amf0::deserialize(&mut cursor)
-                        .map_err(|e| bad(format!("script tag at offset {}: {e}", pos)))?;
+                TAG_SCRIPT => {
+                    let values = rml_amf0::deserialize(&mut std::io::Cursor::new(body))
+                        .map_err(|e| PublishError::BadClip(format!("script tag: {e}")))?;
                     if let [Amf0Value::Utf8String(name), Amf0Value::Object(properties), ..] =
                         &values[..]
                     {
@@ -848,11 +821,14 @@ impl Clip {
                         }
                     }
                 }
-                other => return Err(bad(format!("unknown tag type {other} at offset {pos}"))),
+                other => {
+                    return Err(PublishError::BadClip(format!("unknown tag type {other}")));
+                }
             }
         }
-        let duration_ms = loop_duration_ms(&tags)
-            .ok_or_else(|| bad("fewer than two frames of video or audio".into()))?;
+        let duration_ms = loop_duration_ms(&tags).ok_or_else(|| {
+            PublishError::BadClip("fewer than two frames of video or audio".into())
+        })?;
         // Audio a little past the last video frame would overlap the next loop's first tags.
         tags.retain(|tag| u64::from(tag.timestamp_ms) < duration_ms);
         Ok(Clip {
@@ -929,7 +905,7 @@ mod tests {
 
     #[test]
     fn bundled_clip_loops_every_10_s_with_keyframes_every_2_s() {
-        let clip = Clip::parse(BUNDLED_CLIP).unwrap();
+        let clip = Clip::bundled().unwrap();
         assert_eq!(clip.duration_ms, 10_000);
         assert!(clip.video_config.is_some() && clip.audio_config.is_some());
         assert_eq!(clip.metadata.video_width, Some(640));
@@ -952,12 +928,12 @@ mod tests {
 
     #[test]
     fn truncated_clip_is_rejected_with_its_offset() {
-        let cut = &BUNDLED_CLIP[..BUNDLED_CLIP.len() / 2];
+        let cut = Bytes::from_static(&BUNDLED_CLIP[..BUNDLED_CLIP.len() / 2]);
         let err = Clip::parse(cut).unwrap_err();
-        assert!(err.to_string().contains("truncated tag"), "{err}");
+        assert!(err.to_string().contains("truncated tag at byte"), "{err}");
         assert!(matches!(
-            Clip::parse(b"not an flv file"),
-            Err(PublishError::BadClip(_))
+            Clip::parse(Bytes::from_static(b"not an flv file")),
+            Err(PublishError::Flv(_))
         ));
     }
 
