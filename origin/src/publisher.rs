@@ -227,21 +227,28 @@ impl RtmpUrl {
         if app.is_empty() || stream.is_empty() {
             return Err(invalid("app and stream must not be empty"));
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => (
-                host,
-                port.parse().map_err(|_| invalid("port is not a number"))?,
-            ),
-            _ => (authority, DEFAULT_RTMP_PORT),
+        let port_of = |port: &str| port.parse().map_err(|_| invalid("port is not a number"));
+        let (host, port) = if let Some(bracketed) = authority.strip_prefix('[') {
+            // An IPv6 literal: [addr] or [addr]:port.
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| invalid("unclosed [ in the host"))?;
+            match after.strip_prefix(':') {
+                Some(port) => (host, port_of(port)?),
+                None if after.is_empty() => (host, DEFAULT_RTMP_PORT),
+                None => return Err(invalid("junk after the IPv6 address")),
+            }
+        } else {
+            match authority.split_once(':') {
+                Some((host, port)) => (host, port_of(port)?),
+                None => (authority, DEFAULT_RTMP_PORT),
+            }
         };
         if host.is_empty() {
             return Err(invalid("missing host"));
         }
         Ok(RtmpUrl {
-            host: host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
+            host: host.to_owned(),
             port,
             app: app.to_owned(),
             stream: stream.to_owned(),
@@ -895,6 +902,8 @@ mod tests {
             "rtmp://h//s",
             "rtmp://h:port/live/s",
             "rtmp:///live/s",
+            "rtmp://[::1/live/s",
+            "rtmp://[::1]x/live/s",
         ] {
             assert!(
                 matches!(RtmpUrl::parse(url), Err(PublishError::InvalidUrl { .. })),
