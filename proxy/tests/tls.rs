@@ -100,8 +100,13 @@ async fn each_sni_name_gets_its_own_certificate() {
 async fn http_1_1_over_tls_is_proxied_and_cached() {
     let (origin, _proxy, tls_addr, certs) = start().await;
     for expected_cache in ["MISS", "HIT"] {
-        let mut stream =
-            connect(tls_addr, "live.test", &[certs.live.clone()], &[b"http/1.1"]).await;
+        let mut stream = connect(
+            tls_addr,
+            "live.test",
+            std::slice::from_ref(&certs.live),
+            &[b"http/1.1"],
+        )
+        .await;
         stream
             .write_all(b"GET /live/1.ts HTTP/1.1\r\nhost: live.test\r\nconnection: close\r\n\r\n")
             .await
@@ -122,7 +127,7 @@ async fn http_2_is_negotiated_by_alpn_and_serves_requests() {
     let stream = connect(
         tls_addr,
         "live.test",
-        &[certs.live.clone()],
+        std::slice::from_ref(&certs.live),
         &[b"h2", b"http/1.1"],
     )
     .await;
