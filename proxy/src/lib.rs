@@ -73,7 +73,6 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
-    server.bootstrap();
 
     let readiness = Arc::new(Readiness::default());
     let metrics = Arc::new(Metrics::new().or_err(ErrorType::InternalError, "metrics registry")?);
@@ -136,6 +135,9 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
         service.add_tls_with_settings(&listener.addr, None, tls::listener_settings(listener)?);
     }
     server.add_service(service);
+    // Last, so `proxy -t` has loaded certificates and built every service before it exits, and
+    // `proxy -u` receives the old process's listeners only once it can serve them.
+    server.bootstrap();
     Ok(Built { server, shared })
 }
 

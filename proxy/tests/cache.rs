@@ -178,3 +178,85 @@ async fn the_forwarded_request_carries_x_forwarded_for_and_via() {
         .header("via")
         .is_some_and(|v| v.contains("parallax")));
 }
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_the_old_object_at_once_and_refreshes_it_once() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/live/swr.ts",
+        Reply::ok("v1").header("cache-control", "max-age=1, stale-while-revalidate=30"),
+    );
+    let proxy = Proxy::start(&config(&origin)).await;
+    assert_eq!(get(proxy.addr, "/live/swr.ts").await.unwrap().body, b"v1");
+
+    // The next version is slow to produce; clients must not wait for it.
+    origin.set(
+        "/live/swr.ts",
+        Reply::ok("v2")
+            .header("cache-control", "max-age=60")
+            .delay(Duration::from_millis(500)),
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let clients: Vec<_> = (0..20)
+        .map(|_| {
+            let addr = proxy.addr;
+            tokio::spawn(async move {
+                let started = Instant::now();
+                (get(addr, "/live/swr.ts").await.unwrap(), started.elapsed())
+            })
+        })
+        .collect();
+    for client in clients {
+        let (resp, latency) = client.await.unwrap();
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.body, b"v1");
+        assert_eq!(resp.header("x-cache"), Some("STALE"));
+        assert!(latency < Duration::from_millis(400), "{latency:?}");
+    }
+    // One background revalidation, whatever the number of stale hits.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(origin.hits("/live/swr.ts"), 2);
+    let fresh = get(proxy.addr, "/live/swr.ts").await.unwrap();
+    assert_eq!(fresh.body, b"v2");
+    assert_eq!(fresh.header("x-cache"), Some("HIT"));
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_the_old_object_when_the_origin_fails() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/live/sie.ts",
+        Reply::ok("v1").header("cache-control", "max-age=1, stale-if-error=60"),
+    );
+    let proxy = Proxy::start(&config(&origin)).await;
+    assert_eq!(get(proxy.addr, "/live/sie.ts").await.unwrap().body, b"v1");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    // The origin answers 500: the stale copy is served instead.
+    origin.set("/live/sie.ts", Reply::status(500));
+    let resp = get(proxy.addr, "/live/sie.ts").await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"v1");
+    assert_eq!(resp.header("x-cache"), Some("STALE"));
+
+    // The origin is gone altogether: same.
+    origin.stop();
+    let resp = get(proxy.addr, "/live/sie.ts").await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"v1");
+}
+
+#[tokio::test]
+async fn a_5xx_from_both_origins_reaches_the_client_and_is_negatively_cached() {
+    let primary = Origin::start().await;
+    let backup = Origin::start().await;
+    primary.set("/live/6.ts", Reply::status(502));
+    backup.set("/live/6.ts", Reply::status(503));
+    let proxy = Proxy::start(&upstream_config(&primary, Some(&backup))).await;
+
+    for _ in 0..3 {
+        let resp = get(proxy.addr, "/live/6.ts").await.unwrap();
+        assert!(resp.status >= 500, "{}", resp.status);
+    }
+    assert_eq!(primary.hits("/live/6.ts") + backup.hits("/live/6.ts"), 2);
+}

@@ -53,6 +53,43 @@ async fn healthz_turns_503_on_sigterm_while_traffic_is_still_served_then_the_pro
 }
 
 #[tokio::test]
+async fn a_graceful_upgrade_hands_the_listener_to_a_new_process_without_failed_requests() {
+    let origin = Origin::start().await;
+    origin.set("/live/1.ts", Reply::ok("segment"));
+    let mut old = Proxy::start(&upstream_config(&origin, None)).await;
+
+    // A client keeps fetching through the whole handover.
+    let addr = old.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let client = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut served = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let resp = get(addr, "/live/1.ts").await.unwrap();
+                assert_eq!(resp.status, 200);
+                assert_eq!(resp.body, b"segment");
+                served += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            served
+        }
+    });
+
+    let new = old.upgrade().await;
+    assert!(
+        old.wait_exit(Duration::from_secs(20)).await,
+        "old process still running:\n{}",
+        old.log()
+    );
+    // Only the new process is left to answer.
+    let resp = get(new.addr, "/live/1.ts").await.unwrap();
+    assert_eq!(resp.status, 200);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert!(client.await.unwrap() > 10);
+}
+
+#[tokio::test]
 async fn requests_without_the_origin_protection_secret_get_403() {
     let origin = Origin::start().await;
     origin.set("/live/1.ts", Reply::ok("segment"));

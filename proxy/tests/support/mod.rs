@@ -421,7 +421,10 @@ pub struct Proxy {
     /// The plain HTTP listener.
     pub addr: SocketAddr,
     dir: PathBuf,
+    config_path: PathBuf,
     log_path: PathBuf,
+    /// Whether dropping this proxy removes `dir` (an upgraded-away process hands it over).
+    owns_dir: bool,
 }
 
 impl Proxy {
@@ -451,27 +454,58 @@ impl Proxy {
         )
         .unwrap();
         let log_path = dir.join("proxy.log");
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_proxy"))
-            .arg("--config")
-            .arg(&config_path)
-            .arg("--listen")
-            .arg(addr.to_string())
-            .args(&options.args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = spawn_proxy(&config_path, addr, &log_path, &options.args);
         let mut proxy = Proxy {
             child,
             addr,
             dir,
+            config_path,
             log_path,
+            owns_dir: true,
         };
         proxy.wait_ready().await;
         proxy
+    }
+
+    /// Pingora's graceful upgrade: starts a second process with `-u` on the same config, then
+    /// sends this one SIGQUIT so it hands its listening sockets over and drains. Returns the new
+    /// process once it has its sockets; this one keeps running until its drain ends (see
+    /// [`Proxy::wait_exit`]).
+    pub async fn upgrade(&mut self) -> Proxy {
+        let log_path = self.dir.join("proxy-upgraded.log");
+        let child = spawn_proxy(&self.config_path, self.addr, &log_path, &["-u".to_owned()]);
+        let mut new = Proxy {
+            child,
+            addr: self.addr,
+            dir: self.dir.clone(),
+            config_path: self.config_path.clone(),
+            log_path,
+            owns_dir: true,
+        };
+        self.owns_dir = false;
+        // The new process waits on the upgrade socket; give it a moment to bind it.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.dir.join("upgrade.sock").exists() {
+            assert!(
+                Instant::now() < deadline,
+                "no upgrade socket:\n{}",
+                new.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let status = Command::new("kill")
+            .args(["-QUIT", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -QUIT failed");
+        while !new.log().contains("Bootstrap done") {
+            if let Some(status) = new.child.try_wait().unwrap() {
+                panic!("upgraded proxy exited with {status}:\n{}", new.log());
+            }
+            assert!(Instant::now() < deadline, "upgrade stalled:\n{}", new.log());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        new
     }
 
     async fn wait_ready(&mut self) {
@@ -528,8 +562,31 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
+}
+
+fn spawn_proxy(
+    config_path: &std::path::Path,
+    addr: SocketAddr,
+    log_path: &std::path::Path,
+    args: &[String],
+) -> Child {
+    let log = std::fs::File::create(log_path).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .arg("--config")
+        .arg(config_path)
+        .arg("--listen")
+        .arg(addr.to_string())
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
 }
 
 // ---------------------------------------------------------------------------------------------
