@@ -195,11 +195,6 @@ impl Hub {
         }
     }
 
-    /// Names of the streams currently registered (live or within their grace).
-    pub fn stream_names(&self) -> Vec<StreamName> {
-        self.streams().keys().cloned().collect()
-    }
-
     /// Called by the stream task when its grace expired: removes the stream unless a publisher
     /// attached meanwhile. Returns whether it was removed.
     fn remove_if_idle(&self, stream: &StreamName) -> bool {
@@ -264,11 +259,6 @@ impl Publication {
             .await
             .unwrap_or_else(|_| "stream ended".to_owned())
     }
-
-    /// The stream being published.
-    pub fn stream(&self) -> &StreamName {
-        &self.stream
-    }
 }
 
 impl Drop for Publication {
@@ -278,9 +268,12 @@ impl Drop for Publication {
         if let Err(mpsc::error::TrySendError::Full(cmd)) = self.tx.try_send(cmd) {
             // The queue is full of this publisher's media; the stream must still learn it left.
             let tx = self.tx.clone();
-            tokio::spawn(async move {
-                let _ = tx.send(cmd).await;
-            });
+            // No runtime means the origin itself is going away; nobody is left to tell.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = tx.send(cmd).await;
+                });
+            }
         }
     }
 }
@@ -495,7 +488,13 @@ impl StreamTask {
                     tracing::error!(error = %e, "writing the final playlist");
                 }
                 match finished {
-                    Some(Ok(Some(f))) => self.run_hook(f),
+                    // Awaited, not spawned: on shutdown the origin waits for the last hooks
+                    // instead of leaving them to die with the runtime.
+                    Some(Ok(Some(f))) => {
+                        if let Some(hook) = &self.hub.settings.hook {
+                            record::run_hook(hook, &f).await;
+                        }
+                    }
                     Some(Err(e)) => tracing::error!(error = %e, "finalizing the recording"),
                     _ => {}
                 }
