@@ -265,3 +265,56 @@ async fn metrics_count_requests_by_cache_status_and_the_access_log_has_a_line_pe
     assert_eq!(access[1]["fields"]["status"], 200);
     assert_eq!(access[1]["fields"]["bytes"], 1000);
 }
+
+#[tokio::test]
+async fn an_invalid_config_exits_non_zero_with_one_message_naming_the_key() {
+    let dir = temp_dir("bad-config");
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        "[[upstreams]]\nname = \"live\"\nprimary.address = \"127.0.0.1:1\"\n[cache]\nmax_bytes = 0\n",
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cache.max_bytes"), "{stderr}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn upstream_and_listen_flags_alone_make_a_working_cache() {
+    let origin = Origin::start().await;
+    origin.set("/live/1.ts", Reply::ok("segment"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .args([
+            "--upstream",
+            &origin.host_port(),
+            "--listen",
+            &addr.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let resp = loop {
+        if let Ok(resp) = get(addr, "/live/1.ts").await {
+            break resp;
+        }
+        assert!(Instant::now() < deadline, "proxy never answered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let again = get(addr, "/live/1.ts").await.unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"segment");
+    assert_eq!(again.header("x-cache"), Some("HIT"));
+}
