@@ -86,3 +86,70 @@ async fn two_origins_started_apart_serve_interchangeable_hls() {
     b.stop().await;
     let _ = std::fs::remove_dir_all(&work);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_tee_into_two_origins_gives_byte_identical_segments() {
+    require_ffmpeg();
+    let (a, b) = tokio::join!(
+        TestOrigin::start(|c| c.hls.reconnect_grace_ms = 500),
+        TestOrigin::start(|c| c.hls.reconnect_grace_ms = 500)
+    );
+    // One encoder output pushed to both origins by ffmpeg's tee muxer, as operators run a 1+1
+    // pair. The clip is copied, not re-encoded, to keep the test cheap on CPU.
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/testclip.flv");
+    let tee = format!("[f=flv]{}|[f=flv]{}", a.rtmp_url("tee"), b.rtmp_url("tee"));
+    let status = tokio::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-re", "-i"])
+        .arg(&clip)
+        .args(["-map", "0", "-c", "copy", "-f", "tee", &tee])
+        .kill_on_drop(true)
+        .status();
+    let status = tokio::time::timeout(Duration::from_secs(40), status)
+        .await
+        .expect("ffmpeg finished within 40 s")
+        .unwrap();
+    assert!(status.success(), "ffmpeg tee: {status}");
+
+    let ended = |o: &TestOrigin| {
+        let url = o.url("/live/tee/index.m3u8");
+        async move {
+            wait_for("ENDLIST", Duration::from_secs(10), || async {
+                Some(parse_playlist(&get(&url).await.text())).filter(|p| p.ended)
+            })
+            .await
+        }
+    };
+    let (pa, pb) = tokio::join!(ended(&a), ended(&b));
+    let strip = |p: &Playlist| {
+        p.entries
+            .iter()
+            .map(|e| {
+                (
+                    e.uri.clone(),
+                    e.sequence,
+                    e.discontinuity_sequence,
+                    e.extinf.clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(pa.entries.len() >= 4, "{pa:?}");
+    assert_eq!(
+        strip(&pa),
+        strip(&pb),
+        "same segments, numbering and EXTINF"
+    );
+    assert_eq!(
+        (pa.media_sequence, pa.discontinuity_sequence),
+        (pb.media_sequence, pb.discontinuity_sequence)
+    );
+    for e in &pa.entries {
+        let sa = get(&a.url(&format!("/live/tee/{}", e.uri))).await;
+        let sb = get(&b.url(&format!("/live/tee/{}", e.uri))).await;
+        assert_eq!(sa.status, 200);
+        assert!(sa.body == sb.body, "{} differs between the origins", e.uri);
+        assert_eq!(sa.header("etag"), sb.header("etag"), "ETag of {}", e.uri);
+    }
+    a.stop().await;
+    b.stop().await;
+}
