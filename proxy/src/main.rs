@@ -10,6 +10,8 @@ use clap::Parser;
 use parallax_proxy::config::{Config, LogFormat};
 use parallax_proxy::upstream::{GroupConfig, OriginConfig};
 use pingora::server::configuration::Opt;
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 
 /// Parallax edge cache for live HLS.
 #[derive(Debug, Parser)]
@@ -56,7 +58,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config);
+    // Held until the end of main: dropping it flushes the access log.
+    let _log_guard = init_logging(&config, args.daemon);
     let opt = Opt {
         upgrade: args.upgrade,
         daemon: args.daemon,
@@ -102,14 +105,27 @@ fn load(args: &Args) -> anyhow::Result<Config> {
     Ok(config.validate()?)
 }
 
-fn init_logging(config: &Config) {
+/// Logs go to stderr through a writer thread, so the access-log line of every request is a
+/// channel send on the request path, not a write syscall. Daemon mode forks after this point and
+/// would lose the thread, so it writes synchronously instead.
+fn init_logging(config: &Config, daemon: bool) -> Option<WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.filter));
+    let (writer, guard) = if daemon {
+        (BoxMakeWriter::new(std::io::stderr), None)
+    } else {
+        // Not lossy: under overload, requests wait for the log rather than lines vanishing.
+        let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .lossy(false)
+            .finish(std::io::stderr());
+        (BoxMakeWriter::new(writer), Some(guard))
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match config.log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }

@@ -253,12 +253,20 @@ async fn metrics_count_requests_by_cache_status_and_the_access_log_has_a_line_pe
         "{text}"
     );
 
-    let log = proxy.log();
-    let access: Vec<serde_json::Value> = log
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "access" && v["fields"]["path"] == "/live/1.ts")
-        .collect();
+    // The log is written by a background thread: give it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (log, access) = loop {
+        let log = proxy.log();
+        let access: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["target"] == "access" && v["fields"]["path"] == "/live/1.ts")
+            .collect();
+        if access.len() >= 2 || Instant::now() > deadline {
+            break (log, access);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(access.len(), 2, "{log}");
     assert_eq!(access[0]["fields"]["cache"], "MISS");
     assert_eq!(access[1]["fields"]["cache"], "HIT");
