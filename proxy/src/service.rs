@@ -351,8 +351,10 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         // The peer carries the connect timeout and, as pingora's per-read timeout, the
-        // first-byte timeout for this kind of object.
-        let (origin, peer) = self.group(ctx).pick_for(ctx.attempt, ctx.kind);
+        // first-byte timeout for this kind of object. A retry goes to the other origin than the
+        // one that just failed (`ctx.origin` still names it).
+        let previous = ctx.origin.map(|(origin, _)| origin);
+        let (origin, peer) = self.group(ctx).pick(previous, ctx.kind);
         ctx.attempt += 1;
         ctx.origin = Some((origin, Instant::now()));
         Ok(peer)
@@ -468,10 +470,12 @@ impl ProxyHttp for EdgeProxy {
         _client_reused: bool,
     ) -> Box<Error> {
         let mut e = e.more_context(format!("peer: {peer}"));
-        // Our own 5xx retry error was already reported in `upstream_response_filter`.
-        if let (Some((origin, _)), false) =
-            (ctx.origin, matches!(e.etype(), ErrorType::HTTPStatus(_)))
-        {
+        // Our own 5xx retry error was already reported in `upstream_response_filter`. A client
+        // that hangs up mid-body also lands here (as a downstream error) and says nothing about
+        // the origin: counting it would take a healthy origin down.
+        let origin_failed =
+            e.esource() == &ErrorSource::Upstream && !matches!(e.etype(), ErrorType::HTTPStatus(_));
+        if let (Some((origin, _)), true) = (ctx.origin, origin_failed) {
             self.group(ctx)
                 .report_failure(origin, FailureReason::classify(&e));
         }

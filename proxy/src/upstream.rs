@@ -577,28 +577,24 @@ impl Group {
         self.origins.len()
     }
 
-    /// Which origin to try for attempt `attempt` (0 = first) and the peer to connect with, with
-    /// the first-byte timeout of a [`RequestKind::Media`] request; see [`Group::pick_for`].
-    pub fn pick(&self, attempt: usize) -> (OriginId, Box<HttpPeer>) {
-        self.pick_for(attempt, RequestKind::Media)
-    }
-
-    /// Which origin to try for attempt `attempt` (0 = first) of a `kind` request: the
-    /// [`Group::active`] origin first, and each retry on the other origin. The peer carries the
-    /// connect timeout, the `kind`'s first-byte timeout as read/write timeout, TLS and SNI.
-    pub fn pick_for(&self, attempt: usize, kind: RequestKind) -> (OriginId, Box<HttpPeer>) {
-        let first = self.active();
-        let id = if attempt % 2 == 1 && self.origins.len() > 1 {
-            first.other()
-        } else {
-            first
+    /// Which origin to try for a `kind` request and the peer to connect with. The first attempt
+    /// (`previous` = `None`) goes to the [`Group::active`] origin; a retry goes to the origin
+    /// other than `previous`, the one that just failed. (That failure may already have changed
+    /// which origin is active, so a retry cannot be derived from an attempt count.) The peer
+    /// carries the connect timeout, the `kind`'s first-byte timeout as read/write timeout, TLS
+    /// and SNI.
+    pub fn pick(&self, previous: Option<OriginId>, kind: RequestKind) -> (OriginId, Box<HttpPeer>) {
+        let id = match previous {
+            None => self.active(),
+            Some(failed) if self.origins.len() > 1 => {
+                self.metrics
+                    .upstream_retries
+                    .with_label_values(&[self.name(), failed.other().as_str()])
+                    .inc();
+                failed.other()
+            }
+            Some(failed) => failed,
         };
-        if attempt > 0 {
-            self.metrics
-                .upstream_retries
-                .with_label_values(&[self.name(), id.as_str()])
-                .inc();
-        }
         let first_byte = match kind {
             RequestKind::Playlist => self.config.playlist_first_byte_timeout_ms,
             RequestKind::Media => self.config.first_byte_timeout_ms,
@@ -815,9 +811,9 @@ mod tests {
     #[test]
     fn healthy_primary_takes_first_attempt_and_retry_goes_to_backup() {
         let g = group(true, |_| {});
-        let (first, peer) = g.pick(0);
+        let (first, peer) = g.pick(None, RequestKind::Media);
         assert_eq!((first, port(&peer)), (OriginId::Primary, 1001));
-        let (second, peer) = g.pick(1);
+        let (second, peer) = g.pick(Some(first), RequestKind::Media);
         assert_eq!((second, port(&peer)), (OriginId::Backup, 1002));
         assert_eq!(g.max_attempts(), 2);
     }
@@ -826,9 +822,12 @@ mod tests {
     fn one_passive_failure_sends_the_next_requests_straight_to_backup() {
         let g = group(true, |_| {});
         g.report_failure(OriginId::Primary, FailureReason::FirstByteTimeout);
-        assert_eq!(g.pick(0).0, OriginId::Backup);
+        assert_eq!(g.pick(None, RequestKind::Media).0, OriginId::Backup);
         // The retry of a request that starts on the backup goes to the primary.
-        assert_eq!(g.pick(1).0, OriginId::Primary);
+        assert_eq!(
+            g.pick(Some(OriginId::Backup), RequestKind::Media).0,
+            OriginId::Primary
+        );
         assert_eq!(g.metrics.failovers.with_label_values(&["default"]).get(), 1);
     }
 
@@ -856,16 +855,22 @@ mod tests {
         let g = group(true, |_| {});
         g.report_failure(OriginId::Primary, FailureReason::Refused);
         g.report_failure(OriginId::Backup, FailureReason::Refused);
-        assert_eq!(g.pick(0).0, OriginId::Primary);
-        assert_eq!(g.pick(1).0, OriginId::Backup);
+        assert_eq!(g.pick(None, RequestKind::Media).0, OriginId::Primary);
+        assert_eq!(
+            g.pick(Some(OriginId::Primary), RequestKind::Media).0,
+            OriginId::Backup
+        );
     }
 
     #[test]
     fn group_without_backup_always_picks_primary() {
         let g = group(false, |_| {});
         g.report_failure(OriginId::Primary, FailureReason::Refused);
-        assert_eq!(g.pick(0).0, OriginId::Primary);
-        assert_eq!(g.pick(1).0, OriginId::Primary);
+        assert_eq!(g.pick(None, RequestKind::Media).0, OriginId::Primary);
+        assert_eq!(
+            g.pick(Some(OriginId::Primary), RequestKind::Media).0,
+            OriginId::Primary
+        );
         assert_eq!(g.max_attempts(), 1);
     }
 
@@ -933,7 +938,7 @@ mod tests {
                 ..OriginConfig::default()
             });
         });
-        let (_, playlist) = g.pick_for(0, RequestKind::from_path("/live/a/index.m3u8"));
+        let (first, playlist) = g.pick(None, RequestKind::from_path("/live/a/index.m3u8"));
         assert_eq!(
             playlist.options.read_timeout,
             Some(Duration::from_millis(1000))
@@ -943,7 +948,7 @@ mod tests {
             Some(Duration::from_millis(1000))
         );
         assert!(!playlist.is_tls());
-        let (_, segment) = g.pick_for(1, RequestKind::from_path("/live/a/12.ts"));
+        let (_, segment) = g.pick(Some(first), RequestKind::from_path("/live/a/12.ts"));
         assert_eq!(
             segment.options.read_timeout,
             Some(Duration::from_millis(2000))
