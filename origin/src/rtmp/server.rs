@@ -436,7 +436,8 @@ impl Connection<'_> {
         {
             return self
                 .refuse_codec(format!(
-                    "video codec id {id} in metadata (only H.264/AVC, id 7)"
+                    "{} in metadata (only H.264/AVC, id 7)",
+                    metadata_codec(id, video_codec_name)
                 ))
                 .await;
         }
@@ -445,7 +446,10 @@ impl Connection<'_> {
             .filter(|id| *id != u32::from(CODEC_AAC))
         {
             return self
-                .refuse_codec(format!("audio codec id {id} in metadata (only AAC, id 10)"))
+                .refuse_codec(format!(
+                    "{} in metadata (only AAC, id 10)",
+                    metadata_codec(id, audio_codec_name)
+                ))
                 .await;
         }
         Ok(())
@@ -520,8 +524,10 @@ impl Connection<'_> {
 }
 
 /// An `onStatus` command with level `error` on message stream 1 (the first stream rml_rtmp
-/// hands out, the one a publisher publishes on), encoded with a full chunk header so it does
-/// not depend on the session serializer's header-compression state.
+/// hands out, the one a publisher publishes on). A fresh serializer starts with a full chunk
+/// header, so the message does not depend on the session serializer's compression state.
+/// (`force_uncompressed` would repeat the full header on every continuation chunk, which a
+/// peer reads as a new message.)
 fn error_status(code: &str, description: &str) -> Result<Vec<u8>, ServerSessionError> {
     let mut info = std::collections::HashMap::new();
     info.insert(
@@ -545,6 +551,56 @@ fn error_status(code: &str, description: &str) -> Result<Vec<u8>, ServerSessionE
     let mut bytes = serializer
         .set_max_chunk_size(OUR_CHUNK_SIZE, RtmpTimestamp::new(0))?
         .bytes;
-    bytes.extend(serializer.serialize(&payload, true, false)?.bytes);
+    bytes.extend(serializer.serialize(&payload, false, false)?.bytes);
     Ok(bytes)
+}
+
+/// Names a codec id from `onMetaData`: a legacy FLV id, or an enhanced-RTMP FourCC (`hvc1`,
+/// `av01`, ...) that OBS and FFmpeg 6.1+ send as a number.
+fn metadata_codec(id: u32, legacy_name: fn(u8) -> &'static str) -> String {
+    match u8::try_from(id) {
+        Ok(small) => format!("{} (codec id {id})", legacy_name(small)),
+        Err(_) => {
+            let fourcc: String = id
+                .to_be_bytes()
+                .iter()
+                .map(|b| {
+                    if b.is_ascii_graphic() {
+                        char::from(*b)
+                    } else {
+                        '?'
+                    }
+                })
+                .collect();
+            format!("FourCC {fourcc:?} (codec id {id})")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metadata_codecs_are_named_for_the_log() {
+        assert_eq!(
+            metadata_codec(12, video_codec_name),
+            "H.265/HEVC (codec id 12)"
+        );
+        assert_eq!(
+            metadata_codec(u32::from_be_bytes(*b"hvc1"), video_codec_name),
+            "FourCC \"hvc1\" (codec id 1752589105)"
+        );
+        assert_eq!(metadata_codec(2, audio_codec_name), "MP3 (codec id 2)");
+    }
+
+    #[test]
+    fn error_status_is_one_full_header_chunked_at_our_chunk_size() {
+        let bytes = error_status("NetStream.Publish.Rejected", &"x".repeat(5000)).unwrap();
+        let mut d = Dechunker::new();
+        // Our Set Chunk Size comes first, so a peer reassembles the rest at 4096.
+        let out = d.push(&bytes).unwrap();
+        assert_eq!(d.chunk_size(), OUR_CHUNK_SIZE);
+        assert!(!out.is_empty());
+    }
 }
