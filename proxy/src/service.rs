@@ -7,7 +7,8 @@
 //!    choice. Rejections become an [`Error`] with an HTTP status and go to `fail_to_proxy`.
 //! 2. `request_cache_filter`, `cache_key_callback` — every GET/HEAD uses the cache, with the
 //!    cache lock so concurrent misses coalesce into one origin fetch.
-//! 3. `upstream_peer` — the route's group picks an origin for this attempt (0 = primary).
+//! 3. `upstream_peer` — the route's group picks the origin: the active one first, a retry goes
+//!    to the other.
 //! 4. `upstream_request_filter` — `X-Forwarded-For`, `Via`; the origin-protection secret is not
 //!    forwarded.
 //! 5. `upstream_response_filter` — a 5xx while another origin is left becomes a retryable error,
@@ -18,6 +19,21 @@
 //!
 //! Errors: `fail_to_connect` / `error_while_proxy` decide retries; `fail_to_proxy` is the one
 //! place that maps an error to a client status.
+//!
+//! # Retries in pingora 0.9
+//!
+//! `process_request` loops over `proxy_to_upstream` while the returned error has its `retry`
+//! flag set (at most `ServerConf::max_retries`, 16), calling `upstream_peer` again each time.
+//! Connect failures pass through `fail_to_connect`, failures after connecting through
+//! `error_while_proxy`; both set the flag here only while the group has an untried origin and
+//! the client has not received a response header (`Session::response_written`), since a second
+//! response cannot be spliced into a started one. An origin 5xx is not an error to pingora, so
+//! `upstream_response_filter` turns it into a retryable `HTTPStatus` error: that filter runs on
+//! the response header before the cache sees it and before anything goes downstream. A 5xx on
+//! the last origin passes through (and is negatively cached by the rules). Stale-if-error runs
+//! after the retry loop (`handle_stale_if_error`) and, for a stale object, on a 5xx header
+//! (`revalidate_or_stale`); `should_serve_stale` declines the latter while the other origin is
+//! untried, so the backup's fresh copy wins over a stale one.
 
 use std::any::Any;
 use std::net::IpAddr;
@@ -49,8 +65,7 @@ use crate::upstream::{FailureReason, Group, OriginId, RequestKind, Upstreams};
 /// The `Via` pseudonym we add to requests and responses (RFC 9110 §7.6.3).
 const VIA: &str = "1.1 parallax";
 
-/// Whether this process should receive traffic. Shared by `/healthz`, the SIGTERM handler and
-/// the admin API.
+/// Whether this process should receive traffic. Shared by `/healthz` and the SIGTERM handler.
 #[derive(Debug, Default)]
 pub struct Readiness {
     draining: AtomicBool,
