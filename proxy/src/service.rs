@@ -98,7 +98,7 @@ pub struct RequestCtx {
     /// Index of the routed group in `Upstreams::groups`.
     group: usize,
     kind: RequestKind,
-    /// Upstream attempts made so far; the next `upstream_peer` call uses this as its index.
+    /// Upstream attempts made so far (at most one per origin of the group).
     attempt: usize,
     /// The origin of the latest attempt and when its request went out.
     origin: Option<(OriginId, Instant)>,

@@ -247,6 +247,21 @@ async fn stale_if_error_serves_the_old_object_when_the_origin_fails() {
 }
 
 #[tokio::test]
+async fn an_origin_5xx_is_retried_on_the_backup_before_the_client_sees_anything() {
+    let primary = Origin::start().await;
+    let backup = Origin::start().await;
+    primary.set("/live/5.ts", Reply::status(503));
+    backup.set("/live/5.ts", Reply::ok("from backup"));
+    let proxy = Proxy::start(&upstream_config(&primary, Some(&backup))).await;
+
+    let resp = get(proxy.addr, "/live/5.ts").await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"from backup");
+    assert_eq!(primary.hits("/live/5.ts"), 1);
+    assert_eq!(backup.hits("/live/5.ts"), 1);
+}
+
+#[tokio::test]
 async fn a_5xx_from_both_origins_reaches_the_client_and_is_negatively_cached() {
     let primary = Origin::start().await;
     let backup = Origin::start().await;
