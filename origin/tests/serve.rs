@@ -179,6 +179,33 @@ async fn ffmpeg_command_from_the_issue_publishes_and_plays() {
     origin.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ffmpeg_with_an_unsupported_codec_is_told_why_and_disconnected() {
+    require_ffmpeg();
+    let origin = TestOrigin::start(|_| {}).await;
+    // Sorenson H.263 + MP3: what FLV carried before H.264.
+    let out = tokio::process::Command::new("ffmpeg")
+        .args(["-nostdin", "-v", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine"])
+        .args(["-c:v", "flv1", "-c:a", "libmp3lame", "-t", "5", "-f", "flv"])
+        .arg(origin.rtmp_url("old"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(30), out)
+        .await
+        .expect("ffmpeg gave up within 30 s")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the publish must fail");
+    assert!(
+        stderr.contains("Server error: unsupported codec: Sorenson H.263"),
+        "ffmpeg is told the codec: {stderr}"
+    );
+    assert_eq!(get(&origin.url("/live/old/index.m3u8")).await.status, 404);
+    origin.stop().await;
+}
+
 /// Handshakes as a client; returns the socket ready for chunks.
 async fn rtmp_handshake(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -276,10 +303,10 @@ async fn hostile_peers_are_disconnected_while_a_good_stream_keeps_serving() {
         }
         Ok::<_, parallax_origin::publisher::PublishError>(())
     };
-    assert!(
-        refused.await.is_err(),
-        "HEVC publisher must be disconnected"
-    );
+    let err = refused
+        .await
+        .expect_err("HEVC publisher must be disconnected");
+    eprintln!("HEVC publisher saw: {err}");
 
     // Audio only, never a keyframe: closed after keyframe_timeout_ms.
     let mut audio_only = parallax_origin::publisher::Publisher::connect(

@@ -94,6 +94,19 @@ pub enum ConnectionError {
 }
 
 impl ConnectionError {
+    /// Whether we sent the peer an RTMP error status before failing (so it deserves a moment
+    /// to read it).
+    fn told_peer(&self) -> bool {
+        matches!(
+            self,
+            Self::WrongApp(_)
+                | Self::BadName(_)
+                | Self::Unauthorized(_)
+                | Self::Hub(HubError::AlreadyPublishing(_))
+                | Self::UnsupportedCodec(_)
+        )
+    }
+
     /// A short label for the stage that failed, for logs.
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -191,29 +204,15 @@ pub async fn handle_connection(
         keyframe_deadline: None,
         app: String::new(),
     };
-    conn.results(initial).await?;
-    conn.input(&leftover).await?;
-
-    let idle = Duration::from_millis(ctx.config.idle_timeout_ms);
-    let mut buf = vec![0u8; READ_BUFFER_BYTES];
-    loop {
-        let keyframe_deadline = conn.keyframe_deadline;
-        tokio::select! {
-            read = tokio::time::timeout(idle, conn.socket.read(&mut buf)) => {
-                let n = read.map_err(|_| ConnectionError::Idle(idle))??;
-                if n == 0 {
-                    return Ok(());
-                }
-                conn.input(&buf[..n]).await?;
-            }
-            reason = kicked(&mut conn.publication) => return Err(ConnectionError::Kicked(reason)),
-            () = sleep_until(keyframe_deadline) => {
-                let waited = Duration::from_millis(ctx.config.keyframe_timeout_ms);
-                return Err(ConnectionError::NoKeyframe(waited));
-            }
-        }
+    let result = conn.run(initial, &leftover).await;
+    if result.as_ref().is_err_and(ConnectionError::told_peer) {
+        conn.linger().await;
     }
+    result
 }
+
+/// How long a refused peer gets to read our error status before the socket closes.
+const LINGER: Duration = Duration::from_secs(1);
 
 async fn kicked(publication: &mut Option<Publication>) -> String {
     match publication {
@@ -267,6 +266,48 @@ struct Connection<'a> {
 }
 
 impl Connection<'_> {
+    /// The session loop: socket bytes in, responses out, until the peer leaves or a failure.
+    async fn run(
+        &mut self,
+        initial: Vec<ServerSessionResult>,
+        leftover: &[u8],
+    ) -> Result<(), ConnectionError> {
+        self.results(initial).await?;
+        self.input(leftover).await?;
+        let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
+        let mut buf = vec![0u8; READ_BUFFER_BYTES];
+        loop {
+            let keyframe_deadline = self.keyframe_deadline;
+            tokio::select! {
+                read = tokio::time::timeout(idle, self.socket.read(&mut buf)) => {
+                    let n = read.map_err(|_| ConnectionError::Idle(idle))??;
+                    if n == 0 {
+                        return Ok(());
+                    }
+                    self.input(&buf[..n]).await?;
+                }
+                reason = kicked(&mut self.publication) => return Err(ConnectionError::Kicked(reason)),
+                () = sleep_until(keyframe_deadline) => {
+                    let waited = Duration::from_millis(self.ctx.config.keyframe_timeout_ms);
+                    return Err(ConnectionError::NoKeyframe(waited));
+                }
+            }
+        }
+    }
+
+    /// Half-closes and drains the socket for up to [`LINGER`]: closing at once would make a
+    /// publisher that is mid-write (FFmpeg) hit a reset before it reads the status saying why.
+    async fn linger(&mut self) {
+        // Our side is done; stop accepting media for the stream right away.
+        self.publication = None;
+        let _ = self.socket.shutdown().await;
+        let mut buf = [0u8; 16 * 1024];
+        let _ = tokio::time::timeout(LINGER, async {
+            while matches!(self.socket.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+
     async fn input(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
         let contiguous = self.dechunker.push(bytes)?;
         if contiguous.is_empty() {
