@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn config(origin: &Origin) -> String {
     upstream_config(origin, None)
@@ -274,4 +275,110 @@ async fn a_5xx_from_both_origins_reaches_the_client_and_is_negatively_cached() {
         assert!(resp.status >= 500, "{}", resp.status);
     }
     assert_eq!(primary.hits("/live/6.ts") + backup.hits("/live/6.ts"), 2);
+}
+
+#[tokio::test]
+async fn coalesced_waiters_stream_the_body_while_it_is_still_arriving() {
+    let origin = Origin::start().await;
+    let body = pattern(400_000, 8);
+    origin.set(
+        "/live/slow.ts",
+        Reply::ok(body.clone()).stall(Duration::from_millis(1500)),
+    );
+    let proxy = Proxy::start(&config(&origin)).await;
+
+    let first = tokio::spawn(get(proxy.addr, "/live/slow.ts"));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A waiter joining mid-fill gets the first half long before the origin sends the rest.
+    let started = Instant::now();
+    let mut waiter = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    waiter
+        .write_all(b"GET /live/slow.ts HTTP/1.1\r\nhost: test.local\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while received.len() < 100_000 {
+        let n = waiter.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1000),
+        "the waiter saw nothing until the fill completed: {:?}",
+        started.elapsed()
+    );
+    let _ = waiter.read_to_end(&mut received).await;
+    let waiter_resp = parse_response(&received, false).unwrap();
+    assert!(waiter_resp.complete);
+    assert!(waiter_resp.body == body);
+    assert!(first.await.unwrap().unwrap().body == body);
+    assert_eq!(origin.hits("/live/slow.ts"), 1);
+}
+
+#[tokio::test]
+async fn waiters_on_an_aborted_fill_never_see_a_complete_looking_body() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/live/abort.ts",
+        Reply::ok(pattern(300_000, 6))
+            .delay(Duration::from_millis(200))
+            .fault(Fault::DropMidBody),
+    );
+    let proxy = Proxy::start(&config(&origin)).await;
+
+    let clients: Vec<_> = (0..20)
+        .map(|_| tokio::spawn(get(proxy.addr, "/live/abort.ts")))
+        .collect();
+    for client in clients {
+        // A reset before any response is also an acceptable outcome.
+        if let Ok(resp) = client.await.unwrap() {
+            assert!(
+                !resp.complete || resp.status >= 500,
+                "truncated body presented as complete: status {}, {} bytes",
+                resp.status,
+                resp.body.len()
+            );
+        }
+    }
+
+    origin.set("/live/abort.ts", Reply::ok(pattern(300_000, 7)));
+    let after = get(proxy.addr, "/live/abort.ts").await.unwrap();
+    assert_eq!(after.status, 200);
+    assert!(after.complete);
+    assert!(
+        after.body == pattern(300_000, 7),
+        "a partial fill was cached"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_object_with_a_validator_is_revalidated_with_a_conditional_request() {
+    let origin = Origin::start().await;
+    origin.set(
+        "/live/etag.ts",
+        Reply::ok("v1")
+            .header("cache-control", "max-age=1")
+            .header("etag", "\"v1\""),
+    );
+    let proxy = Proxy::start(&config(&origin)).await;
+    assert_eq!(get(proxy.addr, "/live/etag.ts").await.unwrap().body, b"v1");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+
+    // The origin's copy has not changed: it answers the conditional request with 304.
+    let resp = get(proxy.addr, "/live/etag.ts").await.unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"v1");
+    assert_eq!(resp.header("x-cache"), Some("REVALIDATED"));
+    let seen = origin.seen();
+    let revalidation = seen.last().unwrap();
+    assert_eq!(revalidation.header("if-none-match"), Some("\"v1\""));
+    assert_eq!(
+        get(proxy.addr, "/live/etag.ts")
+            .await
+            .unwrap()
+            .header("x-cache"),
+        Some("HIT")
+    );
 }

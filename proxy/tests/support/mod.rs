@@ -97,6 +97,8 @@ pub struct Reply {
     pub body: Vec<u8>,
     /// Delay before the response head is written.
     pub delay: Duration,
+    /// Pause after the first half of the body (a slow origin mid-transfer).
+    pub stall: Duration,
     /// Misbehaviour.
     pub fault: Fault,
 }
@@ -109,6 +111,7 @@ impl Reply {
             headers: Vec::new(),
             body: body.into(),
             delay: Duration::ZERO,
+            stall: Duration::ZERO,
             fault: Fault::None,
         }
     }
@@ -130,6 +133,12 @@ impl Reply {
     /// Delays the response head.
     pub fn delay(mut self, delay: Duration) -> Self {
         self.delay = delay;
+        self
+    }
+
+    /// Pauses after the first half of the body.
+    pub fn stall(mut self, stall: Duration) -> Self {
+        self.stall = stall;
         self
     }
 
@@ -349,6 +358,15 @@ async fn serve_connection(mut stream: TcpStream, state: Arc<OriginState>) {
                     // Give the proxy a moment to forward the half body before the reset.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     return;
+                }
+                Fault::None | Fault::Hang if !reply.stall.is_zero() => {
+                    let half = reply.body.len() / 2;
+                    bytes.extend_from_slice(&reply.body[..half]);
+                    if stream.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(reply.stall).await;
+                    bytes = reply.body[half..].to_vec();
                 }
                 Fault::None | Fault::Hang => bytes.extend_from_slice(&reply.body),
             }
