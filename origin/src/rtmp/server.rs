@@ -3,14 +3,15 @@
 //! Per connection, top to bottom ([`handle_connection`]): handshake (bounded by
 //! `handshake_timeout_ms`), then every socket read goes through the [`Dechunker`] (interleaved
 //! chunk streams made contiguous, memory bounded) into rml_rtmp's `ServerSession`, and each event
-//! it raises is handled in [`Connection::event`]: connect (app name checked), publish (name
+//! it raises is handled in `Connection::event`: connect (app name checked), publish (name
 //! validated, authorized, registered with the [`Hub`]), media (codec checked, forwarded to the
 //! stream), metadata (codecs checked), unpublish.
 //!
 //! Every failure ends that connection only, with one log line naming the stage
 //! ([`ConnectionError::as_str`]) in the connection's span (peer, app, stream). A connection that
 //! goes silent for `idle_timeout_ms`, or publishes without a keyframe for `keyframe_timeout_ms`,
-//! is closed.
+//! is closed. A refused peer (app, name, auth, busy stream, codec) first gets an RTMP error
+//! status and up to a second to read it.
 
 use std::future::Future;
 use std::net::SocketAddr;
