@@ -240,6 +240,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
+/// The metric label for an `X-Cache` value (labels are lowercase by Prometheus convention).
+fn cache_label(status: &str) -> &'static str {
+    match status {
+        "HIT" => "hit",
+        "MISS" => "miss",
+        "STALE" => "stale",
+        "EXPIRED" => "expired",
+        "REVALIDATED" => "revalidated",
+        _ => "bypass",
+    }
+}
+
 /// The `X-Cache` value for the cache phase a response was served in.
 fn cache_status(phase: CachePhase) -> &'static str {
     match phase {
@@ -567,7 +579,7 @@ impl ProxyHttp for EdgeProxy {
         let metrics = &self.shared.metrics;
         metrics
             .requests
-            .with_label_values(&[&cache.to_ascii_lowercase()])
+            .with_label_values(&[cache_label(cache)])
             .inc();
         metrics.bytes_served.inc_by(bytes as u64);
         if session.cache.lock_duration().is_some() {

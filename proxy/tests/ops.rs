@@ -326,3 +326,31 @@ async fn upstream_and_listen_flags_alone_make_a_working_cache() {
     assert_eq!(resp.body, b"segment");
     assert_eq!(again.header("x-cache"), Some("HIT"));
 }
+
+#[tokio::test]
+async fn routes_send_hosts_and_path_prefixes_to_their_groups() {
+    let live = Origin::start().await;
+    let vod = Origin::start().await;
+    live.set("/live/1.ts", Reply::ok("live"));
+    vod.set("/vod/1.ts", Reply::ok("vod by path"));
+    vod.set("/any/1.ts", Reply::ok("vod by host"));
+    let proxy = Proxy::start(&format!(
+        "{}[[upstreams]]\nname = \"vod\"\nprimary.address = \"{}\"\nhealth_check.enabled = false\n\
+         [[routes]]\nhost = \"vod.test\"\ngroup = \"vod\"\n\
+         [[routes]]\npath_prefix = \"/vod/\"\ngroup = \"vod\"\n",
+        upstream_config(&live, None),
+        vod.host_port()
+    ))
+    .await;
+
+    // No route matches: the first group.
+    assert_eq!(get(proxy.addr, "/live/1.ts").await.unwrap().body, b"live");
+    assert_eq!(
+        get(proxy.addr, "/vod/1.ts").await.unwrap().body,
+        b"vod by path"
+    );
+    let raw = b"GET /any/1.ts HTTP/1.1\r\nhost: VOD.test:8080\r\nconnection: close\r\n\r\n";
+    let by_host = send_raw(proxy.addr, raw, false).await.unwrap();
+    assert_eq!(by_host.body, b"vod by host");
+    assert_eq!(live.hits("/vod/1.ts") + live.hits("/any/1.ts"), 0);
+}
