@@ -230,7 +230,8 @@ pub struct LogConfig {
     /// Access log format: `text` (default) or `json`.
     pub format: LogFormat,
     /// `tracing` filter directive, e.g. `info` or `parallax_proxy=debug`. Default `info`;
-    /// the `RUST_LOG` environment variable overrides it.
+    /// the `RUST_LOG` environment variable overrides it. Access-log lines have the target
+    /// `access`: `info,access=off` turns them off.
     pub filter: String,
 }
 

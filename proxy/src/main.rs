@@ -120,8 +120,10 @@ fn init_logging(config: &Config, daemon: bool) -> Option<WorkerGuard> {
             .finish(std::io::stderr());
         (BoxMakeWriter::new(writer), Some(guard))
     };
+    // Colour codes only for a terminal, not for log files and collectors.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     match config.log.format {
         LogFormat::Text => builder.init(),
