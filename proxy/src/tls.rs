@@ -58,8 +58,10 @@ impl SniResolver {
 fn load(cert: &CertConfig, provider: &CryptoProvider) -> Result<CertifiedKey> {
     let cert_path = cert.cert_path.to_string_lossy();
     let key_path = cert.key_path.to_string_lossy();
-    let (chain, key) =
-        pingora::tls::load_certs_and_key_files(&cert_path, &key_path)?.ok_or_else(|| {
+    // pingora's loader does not say which file it failed on.
+    let (chain, key) = pingora::tls::load_certs_and_key_files(&cert_path, &key_path)
+        .map_err(|e| e.more_context(format!("certificate {cert_path}, key {key_path}")))?
+        .ok_or_else(|| {
             Error::explain(
                 ErrorType::InvalidCert,
                 format!("no certificate in {cert_path} or no private key in {key_path}"),
@@ -99,4 +101,56 @@ pub fn listener_settings(config: &TlsListenerConfig) -> Result<TlsSettings> {
         settings.enable_h2();
     }
     Ok(settings)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_cert(dir: &std::path::Path, name: &str) -> CertConfig {
+        let generated = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        let cert_path = dir.join(format!("{name}.pem"));
+        let key_path = dir.join(format!("{name}.key"));
+        std::fs::write(&cert_path, generated.cert.pem()).unwrap();
+        std::fs::write(&key_path, generated.key_pair.serialize_pem()).unwrap();
+        CertConfig {
+            cert_path,
+            key_path,
+            server_names: vec![name.to_owned()],
+        }
+    }
+
+    fn temp_dir(label: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("parallax-tls-unit-{}-{label}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn every_configured_name_resolves_and_the_first_certificate_is_the_default() {
+        let dir = temp_dir("names");
+        let certs = [write_cert(&dir, "Live.Test"), write_cert(&dir, "vod.test")];
+        let resolver = SniResolver::new(&certs).unwrap();
+        assert_eq!(resolver.by_name.len(), 2);
+        assert!(Arc::ptr_eq(
+            &resolver.default,
+            &resolver.by_name["live.test"]
+        ));
+        assert!(!Arc::ptr_eq(
+            &resolver.default,
+            &resolver.by_name["vod.test"]
+        ));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_key_file_is_an_error_naming_it() {
+        let dir = temp_dir("missing");
+        let mut cert = write_cert(&dir, "live.test");
+        cert.key_path = dir.join("nope.key");
+        let err = SniResolver::new(&[cert]).unwrap_err();
+        assert!(err.to_string().contains("nope.key"), "{err}");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
 }
