@@ -232,7 +232,9 @@ impl StaleDetector {
         let limit = Duration::from_secs_f64(head.target_duration_secs * self.stale_multiple);
         let still = now.saturating_duration_since(changed_at);
         if still > limit {
-            tracing::warn!(
+            // Debug only: this repeats every check while stale; the health transition it causes
+            // is logged at warn with the reason.
+            tracing::debug!(
                 media_sequence = head.media_sequence,
                 still_ms = still.as_millis() as u64,
                 limit_ms = limit.as_millis() as u64,
@@ -299,26 +301,29 @@ impl HealthChecker {
 
     /// Runs one round: every origin checked concurrently, results recorded.
     pub async fn check_all(&self) {
-        let ids: Vec<OriginId> = self.group.origin_ids().collect();
-        let checks = ids.iter().map(|&id| async move {
-            let span = tracing::debug_span!(
-                "health_check",
-                group = self.group.name(),
-                origin = id.as_str()
-            );
-            let result = self.check(id).instrument(span).await;
-            self.group.record_check(id, result);
-        });
-        // At most two origins: joining them keeps one slow origin from delaying the other's
-        // check past the interval.
-        let mut checks = checks;
-        match (checks.next(), checks.next()) {
-            (Some(a), Some(b)) => {
-                tokio::join!(a, b);
+        // A group has one or two origins; checking them side by side keeps a hung one from
+        // delaying the other's check past the interval.
+        let mut ids = self.group.origin_ids();
+        match (ids.next(), ids.next()) {
+            (Some(primary), Some(backup)) => {
+                tokio::join!(
+                    self.check_and_record(primary),
+                    self.check_and_record(backup)
+                );
             }
-            (Some(a), None) => a.await,
+            (Some(primary), None) => self.check_and_record(primary).await,
             _ => {}
         }
+    }
+
+    async fn check_and_record(&self, origin: OriginId) {
+        let span = tracing::debug_span!(
+            "health_check",
+            group = self.group.name(),
+            origin = origin.as_str()
+        );
+        let result = self.check(origin).instrument(span).await;
+        self.group.record_check(origin, result);
     }
 
     /// One check of `origin`: liveness, then the live playlist if configured.
