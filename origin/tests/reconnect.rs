@@ -1,7 +1,8 @@
 //! Publisher lifecycle on one stream: an encoder that drops and comes back within the grace
 //! continues the same playlist after EXT-X-DISCONTINUITY (sequence never going backwards) and
 //! the playlist ends only after the grace; a second publisher is refused, or takes over when
-//! configured.
+//! configured; publish authorization (key list, HTTP callback) and media the packager refuses
+//! end a publish before it starts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -135,16 +136,76 @@ async fn second_publisher_is_refused_unless_takeover_is_on() {
     lenient.stop().await;
 }
 
+/// An auth callback on 127.0.0.1:0 allowing only bodies with `query=token%3Dgood`; returns its
+/// URL and every body it received.
+async fn auth_callback() -> (String, Arc<Mutex<Vec<String>>>) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/on_publish", listener.local_addr().unwrap());
+    let bodies: Arc<Mutex<Vec<String>>> = Arc::default();
+    let seen = bodies.clone();
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let seen = seen.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            let body = String::from_utf8(body.to_vec()).unwrap();
+                            let status = if body.contains("query=token%3Dgood") {
+                                204
+                            } else {
+                                403
+                            };
+                            seen.lock().unwrap().push(body);
+                            let mut r =
+                                http::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                            *r.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, std::convert::Infallible>(r)
+                        }
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(socket), svc)
+                    .await;
+            });
+        }
+    });
+    (url, bodies)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_auth_refuses_keys_not_listed() {
-    let origin = TestOrigin::start(|c| c.auth.allowed_keys = vec!["s3cret".into()]).await;
-    let err = connect(&origin, "guess")
+async fn publish_auth_checks_keys_and_the_callback() {
+    let (callback, bodies) = auth_callback().await;
+    let (keys, cb) = tokio::join!(
+        TestOrigin::start(|c| c.auth.allowed_keys = vec!["s3cret".into()]),
+        TestOrigin::start(|c| c.auth.callback_url = Some(callback))
+    );
+    let err = connect(&keys, "guess")
         .await
         .err()
         .expect("unlisted key refused");
     assert!(err.to_string().contains("Unauthorized"), "{err}");
-    let _ok = connect(&origin, "s3cret").await.unwrap();
-    origin.stop().await;
+    let _ok = connect(&keys, "s3cret").await.unwrap();
+
+    let err = connect(&cb, "cam?token=bad")
+        .await
+        .err()
+        .expect("callback refuses");
+    assert!(err.to_string().contains("Unauthorized"), "{err}");
+    let _ok = connect(&cb, "cam?token=good").await.unwrap();
+    let bodies = bodies.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 2);
+    assert!(
+        bodies[1].starts_with("call=publish&app=live&stream=cam&name=cam&addr=127.0.0.1%3A"),
+        "{bodies:?}"
+    );
+    assert!(bodies[1].ends_with("&query=token%3Dgood"), "{bodies:?}");
+
+    keys.stop().await;
+    cb.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
