@@ -290,7 +290,7 @@ impl ProxyHttp for EdgeProxy {
             "request",
             method = %req.method,
             path = %path,
-            client = ?session.client_addr().map(|a| a.to_string()),
+            client = session.client_addr().map(tracing::field::display),
         );
 
         // Health checks come from the load balancer, not through CloudFront: answer them before
