@@ -729,7 +729,6 @@ impl Group {
 pub struct Upstreams {
     default: Arc<Group>,
     groups: Vec<Arc<Group>>,
-    metrics: Arc<Metrics>,
 }
 
 impl Upstreams {
@@ -746,7 +745,6 @@ impl Upstreams {
         Ok(Self {
             default,
             groups: built,
-            metrics,
         })
     }
 
@@ -763,11 +761,6 @@ impl Upstreams {
     /// Every group, in configuration order.
     pub fn groups(&self) -> &[Arc<Group>] {
         &self.groups
-    }
-
-    /// The metrics the groups report to.
-    pub fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
     }
 
     /// One pingora background service per group with active checks enabled; add them with
