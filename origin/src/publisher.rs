@@ -322,6 +322,9 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishStats, PublishError>
                 }
                 // RTMP timestamps are 32-bit milliseconds and wrap after 49 days.
                 let timestamp = at as u32;
+                // FLV frame type 1 in the high nibble: a keyframe.
+                let keyframe =
+                    tag.kind == TagKind::Video && tag.data.first().is_some_and(|b| b >> 4 == 1);
                 match (tag.kind, tags.peek()) {
                     (TagKind::Video, Some(next)) if interleave && next.kind == TagKind::Audio => {
                         // Sent early by at most one audio frame, so that its chunks can go
@@ -341,6 +344,10 @@ pub async fn publish(opts: PublishOptions) -> Result<PublishStats, PublishError>
                     (TagKind::Audio, _) => {
                         publisher.send_audio(timestamp, tag.data.clone()).await?
                     }
+                }
+                if keyframe {
+                    // Written to the socket: bench/origin measures segment availability from here.
+                    debug!(timestamp_ms = timestamp, "keyframe sent");
                 }
             }
             loop_index += 1;
