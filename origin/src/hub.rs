@@ -345,8 +345,8 @@ impl StreamTask {
                 },
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    if let Some(disk) = &mut self.disk {
-                        disk.store.delete_expired(now);
+                    if self.disk.as_ref().is_some_and(|d| d.store.has_expired(now)) {
+                        self.with_disk(move |disk| disk.store.delete_expired(now)).await;
                     }
                     if self.grace_until.is_some_and(|t| now >= t) && self.hub.remove_if_idle(&self.stream) {
                         tracing::info!("reconnect grace expired; ending the stream");
@@ -428,41 +428,68 @@ impl StreamTask {
         if segments.is_empty() {
             return;
         }
-        let Some(mut disk) = self.disk.take() else {
-            return;
-        };
-        let result = tokio::task::spawn_blocking(move || {
-            let mut finished = Vec::new();
-            for segment in &segments {
-                let pdt = unix_ms() - i64::from(segment.duration_ms);
-                let stored = disk.store.add_segment(segment, pdt, Instant::now())?;
-                tracing::debug!(
-                    name = %segment.name,
-                    sequence = segment.sequence,
-                    duration_ms = segment.duration_ms,
-                    bytes = stored.bytes,
-                    "segment written"
-                );
-                if let Some(rec) = &mut disk.recorder {
-                    match rec.add(&stored) {
-                        Ok(f) => finished.extend(f),
-                        // Recording trouble must not take the live stream down.
-                        Err(e) => tracing::error!(error = %e, "recording segment"),
+        let written = self
+            .with_disk(move |disk| {
+                let mut finished = Vec::new();
+                for segment in &segments {
+                    let pdt = unix_ms() - i64::from(segment.duration_ms);
+                    let stored = disk.store.add_segment(segment, pdt, Instant::now())?;
+                    tracing::debug!(
+                        name = %segment.name,
+                        sequence = segment.sequence,
+                        duration_ms = segment.duration_ms,
+                        bytes = stored.bytes,
+                        "segment written"
+                    );
+                    if let Some(rec) = &mut disk.recorder {
+                        match rec.add(&stored) {
+                            Ok(f) => finished.extend(f),
+                            // Recording trouble must not take the live stream down.
+                            Err(e) => tracing::error!(error = %e, "recording segment"),
+                        }
                     }
                 }
-            }
-            Ok::<_, crate::store::StoreError>((disk, finished))
-        })
-        .await;
-        match result {
-            Ok(Ok((disk, finished))) => {
-                self.disk = Some(disk);
+                Ok::<_, crate::store::StoreError>(finished)
+            })
+            .await;
+        match written {
+            Some(Ok(finished)) => {
                 for f in finished {
                     self.run_hook(f);
                 }
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "writing segment; ending the stream"),
-            Err(e) => tracing::error!(error = %e, "segment writer panicked; ending the stream"),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "writing segment; ending the stream");
+                self.disk = None;
+            }
+            None => {}
+        }
+    }
+
+    /// Runs blocking file work on the stream's [`Disk`] off the runtime's threads, inside the
+    /// stream's span. `None` if the disk is gone (an earlier failure) or the work panicked, in
+    /// which case the disk is dropped and the stream ends.
+    async fn with_disk<T: Send + 'static>(
+        &mut self,
+        work: impl FnOnce(&mut Disk) -> T + Send + 'static,
+    ) -> Option<T> {
+        let mut disk = self.disk.take()?;
+        let span = tracing::Span::current();
+        let done = tokio::task::spawn_blocking(move || {
+            let _enter = span.enter();
+            let out = work(&mut disk);
+            (disk, out)
+        })
+        .await;
+        match done {
+            Ok((disk, out)) => {
+                self.disk = Some(disk);
+                Some(out)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "disk work panicked; ending the stream");
+                None
+            }
         }
     }
 
@@ -473,33 +500,30 @@ impl StreamTask {
         }
         let rest = self.packager.finish();
         self.write(rest).await;
-        let Some(mut disk) = self.disk.take() else {
+        let ended = self
+            .with_disk(|disk| {
+                (
+                    disk.store.end(),
+                    disk.recorder.as_mut().map(Recorder::finish),
+                )
+            })
+            .await;
+        let Some((ended, finished)) = ended else {
             return;
         };
-        let result = tokio::task::spawn_blocking(move || {
-            let ended = disk.store.end();
-            let finished = disk.recorder.as_mut().map(Recorder::finish);
-            (ended, finished)
-        })
-        .await;
-        match result {
-            Ok((ended, finished)) => {
-                if let Err(e) = ended {
-                    tracing::error!(error = %e, "writing the final playlist");
-                }
-                match finished {
-                    // Awaited, not spawned: on shutdown the origin waits for the last hooks
-                    // instead of leaving them to die with the runtime.
-                    Some(Ok(Some(f))) => {
-                        if let Some(hook) = &self.hub.settings.hook {
-                            record::run_hook(hook, &f).await;
-                        }
-                    }
-                    Some(Err(e)) => tracing::error!(error = %e, "finalizing the recording"),
-                    _ => {}
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "writing the final playlist");
+        }
+        match finished {
+            // Awaited, not spawned: on shutdown the origin waits for the last hooks instead of
+            // leaving them to die with the runtime.
+            Some(Ok(Some(f))) => {
+                if let Some(hook) = &self.hub.settings.hook {
+                    record::run_hook(hook, &f).await;
                 }
             }
-            Err(e) => tracing::error!(error = %e, "finalizing the stream panicked"),
+            Some(Err(e)) => tracing::error!(error = %e, "finalizing the recording"),
+            Some(Ok(None)) | None => {}
         }
         tracing::info!("stream ended");
     }

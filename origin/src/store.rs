@@ -241,6 +241,11 @@ impl LiveStore {
         self.write_playlist()
     }
 
+    /// Whether some segment's availability time has passed (cheap; no I/O).
+    pub fn has_expired(&self, now: Instant) -> bool {
+        self.expiring.front().is_some_and(|(t, _)| *t <= now)
+    }
+
     /// Deletes segments whose availability time has passed; returns how many.
     pub fn delete_expired(&mut self, now: Instant) -> usize {
         let mut deleted = 0;
@@ -366,7 +371,9 @@ mod tests {
         assert!(!playlist.contains("0.ts") && !playlist.contains("1.ts"));
         assert!(playlist.contains("#EXT-X-PROGRAM-DATE-TIME:"));
         // 0.ts left a playlist of 3 × 2 s: it stays 2 s + 6 s.
+        assert!(!store.has_expired(t0 + Duration::from_millis(7_999)));
         assert_eq!(store.delete_expired(t0 + Duration::from_millis(7_999)), 0);
+        assert!(store.has_expired(t0 + Duration::from_millis(8_000)));
         assert!(dir.join("0.ts").exists());
         assert_eq!(store.delete_expired(t0 + Duration::from_millis(8_000)), 2);
         assert!(!dir.join("0.ts").exists() && !dir.join("1.ts").exists());
