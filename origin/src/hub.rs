@@ -10,16 +10,27 @@
 //! ```
 //!
 //! Lifecycle, all decided by the stream task:
+//! - stream starts → its packager is restored from the numbering state the store kept
+//!   ([`LiveStore::load_numbering`]), so a new publish continues the numbering of the previous
+//!   one instead of reusing its names (see [`media`](crate::media#numbering-across-publishes-and-restarts));
+//!   the task waits for the previous task on the same name to finish first, so it reads the
+//!   state that task saved last;
+//! - every segment → the numbering state is saved before the segment is written;
 //! - publisher leaves → grace timer starts; a new publish within it continues the same
 //!   Packager after [`Packager::discontinuity`], so the playlist goes on with
 //!   EXT-X-DISCONTINUITY and its sequence never goes backwards;
 //! - grace expires → [`Packager::finish`], playlist gets ENDLIST, recording finalized, hook run;
+//! - the origin shuts down ([`Hub::shutdown`]) → recording finalized and hook run, but the live
+//!   playlist gets **no** ENDLIST and the open segment is dropped: in a redundant pair the
+//!   encoder goes on publishing to the partner, and a cache that fetched an ENDLIST playlist
+//!   would tell every viewer the stream is over; a cut-short open segment would differ from the
+//!   partner's segment of the same name;
 //! - a second publisher is refused, or with `takeover` the first is disconnected;
 //! - the packager rejects the media (bad codec config) → that publisher is disconnected.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -62,6 +73,11 @@ struct Settings {
 pub struct Hub {
     settings: Settings,
     streams: Mutex<HashMap<StreamName, Entry>>,
+    /// Tasks of streams whose grace expired, still flushing their last segments and numbering
+    /// state; a new task on the same name waits for its predecessor. Lock after `streams`.
+    ending: Mutex<HashMap<StreamName, tokio::task::JoinHandle<()>>>,
+    /// Set by [`Hub::shutdown`] (under the `streams` lock): no new stream may start.
+    closed: AtomicBool,
     next_id: AtomicU64,
 }
 
@@ -115,6 +131,8 @@ impl Hub {
                 queue: config.rtmp.stream_queue_messages,
             },
             streams: Mutex::new(HashMap::new()),
+            ending: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
         })
     }
@@ -123,6 +141,11 @@ impl Hub {
         // A panic while holding the lock leaves the map itself consistent (every update is a
         // single insert/remove/field write), so a poisoned lock is safe to keep using.
         self.streams.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn ending(&self) -> MutexGuard<'_, HashMap<StreamName, tokio::task::JoinHandle<()>>> {
+        // As for `streams`: single inserts and removes only.
+        self.ending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Starts publishing `stream` from `peer`: a new stream, the same stream resumed within
@@ -136,6 +159,9 @@ impl Hub {
         let (kick_tx, kick_rx) = oneshot::channel();
         let tx = {
             let mut streams = self.streams();
+            if self.closed.load(Ordering::Relaxed) {
+                return Err(HubError::StreamClosed(stream));
+            }
             let live = streams.get(&stream).filter(|e| !e.tx.is_closed());
             if live.is_some_and(|e| e.publisher.is_some()) && !self.settings.takeover {
                 return Err(HubError::AlreadyPublishing(stream));
@@ -146,9 +172,10 @@ impl Hub {
                     let (tx, rx) = mpsc::channel(self.settings.queue);
                     // A root span: the stream outlives the connection that started it.
                     let span = tracing::info_span!(parent: None, "stream", stream = %stream);
+                    let previous = self.ending().remove(&stream);
                     let task = tokio::spawn(
                         StreamTask::new(self.clone(), stream.clone())
-                            .run(rx)
+                            .run(rx, previous)
                             .instrument(span),
                     );
                     streams.insert(
@@ -183,14 +210,35 @@ impl Hub {
         })
     }
 
-    /// Ends every stream now (ENDLIST, recordings finalized, hooks run) and waits for them.
-    pub async fn shutdown(&self) {
-        let entries: Vec<Entry> = self.streams().drain().map(|(_, e)| e).collect();
-        for entry in entries {
-            // Closing the channel is the stream task's signal to finish.
-            drop(entry.tx);
-            if let Err(e) = entry.task.await {
-                tracing::error!(error = %e, "stream task failed during shutdown");
+    /// The origin is going away: takes every stream out of the registry *now*, refuses new
+    /// publishes, and returns a future that waits for the streams' tasks to stop.
+    ///
+    /// Call it before the RTMP connections are dropped: a stream that is no longer registered
+    /// cannot end by its reconnect grace, so publishers disconnecting during the shutdown do not
+    /// turn into an ENDLIST. Each task stops once its publisher is gone: recording finalized,
+    /// hook run, but the live playlist left without ENDLIST (the stream itself has not ended;
+    /// the partner origin, or this one after its restart, carries it on) and the open segment
+    /// dropped unpublished. Streams whose grace had already expired finish with ENDLIST.
+    pub fn shutdown(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let entries: Vec<Entry> = {
+            let mut streams = self.streams();
+            self.closed.store(true, Ordering::Relaxed);
+            streams.drain().map(|(_, e)| e).collect()
+        };
+        let ending: Vec<_> = self.ending().drain().map(|(_, task)| task).collect();
+        async move {
+            for entry in entries {
+                // Once the publishers' clones are gone too, the closed channel tells the task
+                // to stop.
+                drop(entry.tx);
+                if let Err(e) = entry.task.await {
+                    tracing::error!(error = %e, "stream task failed during shutdown");
+                }
+            }
+            for task in ending {
+                if let Err(e) = task.await {
+                    tracing::error!(error = %e, "ending stream task failed during shutdown");
+                }
             }
         }
     }
@@ -201,7 +249,9 @@ impl Hub {
         let mut streams = self.streams();
         match streams.get(stream) {
             Some(e) if e.publisher.is_none() => {
-                streams.remove(stream);
+                if let Some(entry) = streams.remove(stream) {
+                    self.ending().insert(stream.clone(), entry.task);
+                }
                 true
             }
             _ => false,
@@ -290,6 +340,15 @@ struct StreamTask {
     grace_until: Option<Instant>,
 }
 
+/// Why a stream task stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The publisher left and the reconnect grace expired: the stream is over.
+    GraceExpired,
+    /// The origin is shutting down; the stream itself goes on elsewhere.
+    Shutdown,
+}
+
 /// The stream's files; moved into `spawn_blocking` for each batch of writes.
 struct Disk {
     store: LiveStore,
@@ -309,12 +368,30 @@ impl StreamTask {
         }
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<Command>) {
+    /// Runs the stream until its grace expires or the hub shuts down. `previous` is the task
+    /// that ended the last publish on this name, if it may still be writing.
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Command>,
+        previous: Option<tokio::task::JoinHandle<()>>,
+    ) {
+        if let Some(previous) = previous {
+            // Its last segments move the numbering state this task starts from.
+            if let Err(e) = previous.await {
+                tracing::error!(error = %e, "the previous task on this stream failed");
+            }
+        }
         let settings = &self.hub.settings;
         let opened = {
             let dir = settings.layout.live_dir(&self.stream);
             let (secs, window) = (settings.target_duration_secs, settings.window_segments);
-            tokio::task::spawn_blocking(move || LiveStore::open(dir, secs, window)).await
+            tokio::task::spawn_blocking(move || {
+                LiveStore::open(dir, secs, window).map(|store| {
+                    let numbering = store.load_numbering();
+                    (store, numbering)
+                })
+            })
+            .await
         };
         let recorder = settings.recording.map(|rollover| {
             Recorder::new(
@@ -325,7 +402,17 @@ impl StreamTask {
             )
         });
         match opened {
-            Ok(Ok(store)) => self.disk = Some(Disk { store, recorder }),
+            Ok(Ok((store, numbering))) => {
+                if let Some(state) = numbering {
+                    tracing::info!(
+                        last_sequence = state.last_sequence,
+                        discontinuity_sequence = state.discontinuity_sequence,
+                        "continuing the stream's numbering"
+                    );
+                    self.packager = Packager::restore(settings.packager.clone(), state);
+                }
+                self.disk = Some(Disk { store, recorder });
+            }
             Ok(Err(e)) => tracing::error!(error = %e, "cannot open the stream's directory"),
             Err(e) => tracing::error!(error = %e, "opening the stream's directory panicked"),
         }
@@ -336,12 +423,11 @@ impl StreamTask {
         // Drives grace expiry and deletion of segments past their availability time.
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
+        let end = loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
                     Some(cmd) => self.command(cmd).await,
-                    // Hub shutdown.
-                    None => break,
+                    None => break End::Shutdown,
                 },
                 _ = tick.tick() => {
                     let now = Instant::now();
@@ -350,7 +436,7 @@ impl StreamTask {
                     }
                     if self.grace_until.is_some_and(|t| now >= t) && self.hub.remove_if_idle(&self.stream) {
                         tracing::info!("reconnect grace expired; ending the stream");
-                        break;
+                        break End::GraceExpired;
                     }
                 }
             }
@@ -359,8 +445,13 @@ impl StreamTask {
                 self.hub.streams().remove(&self.stream);
                 return;
             }
+        };
+        self.finish(end).await;
+        if end == End::GraceExpired {
+            // Done writing; a later publish need not wait for this task any more. Only this
+            // task's own handle can be there: a successor takes it, and cannot end before this.
+            self.hub.ending().remove(&self.stream);
         }
-        self.finish().await;
     }
 
     async fn command(&mut self, cmd: Command) {
@@ -428,8 +519,14 @@ impl StreamTask {
         if segments.is_empty() {
             return;
         }
+        let numbering = self.packager.numbering_state();
         let written = self
             .with_disk(move |disk| {
+                // First: a crash before the segments are written then skips their numbers
+                // instead of reusing them.
+                if let Some(state) = numbering {
+                    disk.store.save_numbering(&state)?;
+                }
                 let mut finished = Vec::new();
                 for segment in &segments {
                     let pdt = unix_ms() - i64::from(segment.duration_ms);
@@ -493,19 +590,28 @@ impl StreamTask {
         }
     }
 
-    /// The publish is over for good: flush, ENDLIST, finalize the recording.
-    async fn finish(mut self) {
+    /// Stops the stream's task. After the grace ([`End::GraceExpired`]) the publish is over:
+    /// flush the open segment, ENDLIST. On [`End::Shutdown`] the live playlist stays as it is
+    /// (see the module doc). Either way the recording is finalized and its hook awaited.
+    async fn finish(&mut self, end: End) {
         if let Some((_, kick)) = self.publisher.take() {
-            let _ = kick.send("stream ended".to_owned());
+            let reason = match end {
+                End::GraceExpired => "stream ended",
+                End::Shutdown => "origin shutting down",
+            };
+            let _ = kick.send(reason.to_owned());
         }
-        let rest = self.packager.finish();
-        self.write(rest).await;
+        if end == End::GraceExpired {
+            let rest = self.packager.finish();
+            self.write(rest).await;
+        }
         let ended = self
-            .with_disk(|disk| {
-                (
-                    disk.store.end(),
-                    disk.recorder.as_mut().map(Recorder::finish),
-                )
+            .with_disk(move |disk| {
+                let live = match end {
+                    End::GraceExpired => disk.store.end(),
+                    End::Shutdown => Ok(()),
+                };
+                (live, disk.recorder.as_mut().map(Recorder::finish))
             })
             .await;
         let Some((ended, finished)) = ended else {
@@ -525,7 +631,10 @@ impl StreamTask {
             Some(Err(e)) => tracing::error!(error = %e, "finalizing the recording"),
             Some(Ok(None)) | None => {}
         }
-        tracing::info!("stream ended");
+        match end {
+            End::GraceExpired => tracing::info!("stream ended"),
+            End::Shutdown => tracing::info!("stream stopped; live playlist left open"),
+        }
     }
 
     fn run_hook(&self, finished: record::Finished) {

@@ -63,8 +63,14 @@ pub enum OriginError {
     Serve(#[from] std::io::Error),
 }
 
-/// Runs the origin on already-bound listeners until `shutdown` resolves, then ends every
-/// stream (ENDLIST, recordings finalized) and returns.
+/// Runs the origin on already-bound listeners until `shutdown` resolves, then stops: HTTP and
+/// RTMP stop accepting, every stream's recording is finalized (and its hook run), and it
+/// returns.
+///
+/// Live playlists are deliberately left **without** ENDLIST: the origin going down (a restart,
+/// a deploy) is not the stream ending — the encoder goes on publishing to the partner origin,
+/// and a cache that fetched an ENDLIST playlist would tell every viewer the stream is over.
+/// ENDLIST is written only when a publisher left and its reconnect grace expired.
 ///
 /// The listen addresses in `config` are ignored here; the caller bound `rtmp` and `http`.
 pub async fn run(
@@ -104,12 +110,15 @@ pub async fn run(
 
     shutdown.await;
     tracing::info!("shutting down");
+    // Streams out of the registry before the publishers' connections drop, so no reconnect
+    // grace can end a stream (ENDLIST) while the origin goes down.
+    let streams = hub.shutdown();
+    // HTTP stops with RTMP, before the streams stop: from now on this origin's playlists no
+    // longer advance, and a refused connection sends the cache to the partner at once.
     let _ = stop_tx.send(true);
-    // Publishers first, so no media arrives while the streams end.
-    let rtmp_result = rtmp_task.await.map_err(std::io::Error::other)?;
-    hub.shutdown().await;
-    let http_result = http_task.await.map_err(std::io::Error::other)?;
-    rtmp_result?;
-    http_result?;
+    let (rtmp_result, http_result) = tokio::join!(rtmp_task, http_task);
+    streams.await;
+    rtmp_result.map_err(std::io::Error::other)??;
+    http_result.map_err(std::io::Error::other)??;
     Ok(())
 }

@@ -4,14 +4,18 @@
 //! names from the network become paths: [`StreamName`] and [`is_safe_file_name`] admit a small
 //! charset with no `/`, no `..` and no leading dot, so nothing outside the data directory can be
 //! named. [`LiveStore`] writes a live stream's segments and playlist atomically (temp file +
-//! rename) and deletes a segment only after RFC 8216 §6.2.2's availability time.
+//! rename) and deletes a segment only after RFC 8216 §6.2.2's availability time. It also keeps
+//! the stream's [`NumberingState`] (`live/<stream>/.numbering.json`), so that a later publish or
+//! a restarted origin continues the numbering instead of reusing names.
 
 use std::collections::VecDeque;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::media::{render_media_playlist, MediaPlaylist, PlaylistEntry, Segment, SegmentInfo};
+use crate::media::{
+    render_media_playlist, MediaPlaylist, NumberingState, PlaylistEntry, Segment, SegmentInfo,
+};
 
 /// Errors from the data directory.
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +107,10 @@ impl Layout {
 
 /// The live playlist's file name inside a stream's directory.
 pub const PLAYLIST_NAME: &str = "index.m3u8";
+
+/// The numbering state's file inside a stream's directory. The leading dot keeps it off HTTP
+/// (such names are refused) and out of the leftover-segment cleanup.
+pub const NUMBERING_NAME: &str = ".numbering.json";
 
 /// Writes `data` to `path` so readers see the old file or the new one, never a partial one.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StoreError> {
@@ -239,6 +247,39 @@ impl LiveStore {
         }
         self.ended = true;
         self.write_playlist()
+    }
+
+    /// The numbering state saved by an earlier publish of this stream (or by this publish before
+    /// the origin restarted); `None` if there is none. A file that cannot be read or parsed is
+    /// logged and ignored: numbering then starts afresh, which beats refusing the publish.
+    pub fn load_numbering(&self) -> Option<NumberingState> {
+        let path = self.dir.join(NUMBERING_NAME);
+        let text = match std::fs::read(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the numbering state; numbering starts afresh");
+                return None;
+            }
+        };
+        match serde_json::from_slice(&text) {
+            Ok(state) => Some(state),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "malformed numbering state; numbering starts afresh");
+                None
+            }
+        }
+    }
+
+    /// Saves the numbering state. Called before the segments it covers are written, so a crash
+    /// in between skips a sequence number rather than reusing one.
+    pub fn save_numbering(&self, state: &NumberingState) -> Result<(), StoreError> {
+        let path = self.dir.join(NUMBERING_NAME);
+        let json = serde_json::to_vec(state).map_err(|e| StoreError::Write {
+            path: path.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        write_atomic(&path, &json)
     }
 
     /// Whether some segment's availability time has passed (cheap; no I/O).
@@ -396,6 +437,26 @@ mod tests {
         assert_eq!(store.delete_expired(t0 + Duration::from_secs(60)), 1);
         assert!(!dir.join("7.ts").exists());
         assert_eq!(std::fs::read(dir.join("8.ts")).unwrap().len(), 188);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn numbering_state_round_trips_and_a_broken_file_means_none() {
+        let dir = temp("numbering");
+        let store = LiveStore::open(dir.clone(), 2, 3).unwrap();
+        assert_eq!(store.load_numbering(), None);
+        let state = NumberingState {
+            last_sequence: 41,
+            discontinuity_sequence: 2,
+            offset: -7,
+        };
+        store.save_numbering(&state).unwrap();
+        assert_eq!(store.load_numbering(), Some(state));
+        assert!(!is_safe_file_name(NUMBERING_NAME), "must not be served");
+        for broken in [&b"{\"last_sequence\": 4"[..], b"[]", b"\xff\xfe", b""] {
+            std::fs::write(dir.join(NUMBERING_NAME), broken).unwrap();
+            assert_eq!(store.load_numbering(), None);
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

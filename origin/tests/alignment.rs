@@ -1,6 +1,7 @@
 //! The redundant pair: two origins fed the same encoder output, the second joining seconds
-//! later, must list the same segments under the same URIs, sequence and discontinuity numbers,
-//! EXTINF, with the same PTS.
+//! later — or restarted mid-stream, after earlier publishes moved the stream's numbering on —
+//! must list the same segments under the same URIs, sequence and discontinuity numbers, EXTINF,
+//! with the same PTS.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -149,6 +150,109 @@ async fn ffmpeg_tee_into_two_origins_gives_byte_identical_segments() {
         assert_eq!(sa.status, 200);
         assert!(sa.body == sb.body, "{} differs between the origins", e.uri);
         assert_eq!(sa.header("etag"), sb.header("etag"), "ETag of {}", e.uri);
+    }
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The live playlist once it has ENDLIST and lists a segment numbered past `after`.
+async fn ended_after(origin: &TestOrigin, stream: &str, after: Option<u64>) -> Playlist {
+    let url = origin.url(&format!("/live/{stream}/index.m3u8"));
+    wait_for("ENDLIST", Duration::from_secs(10), || async {
+        let p = parse_playlist(&get(&url).await.text());
+        let new = after.is_none_or(|last| p.entries.iter().any(|e| e.sequence > last));
+        (p.ended && new).then_some(p)
+    })
+    .await
+}
+
+fn numbering(p: &Playlist) -> Vec<(String, u64, u64, String)> {
+    p.entries
+        .iter()
+        .map(|e| {
+            let (uri, extinf) = (e.uri.clone(), e.extinf.clone());
+            (uri, e.sequence, e.discontinuity_sequence, extinf)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_restarted_mid_stream_keeps_the_numbering_of_its_partner_across_publishes() {
+    let grace = |c: &mut parallax_origin::Config| c.hls.reconnect_grace_ms = 500;
+    let (a, b) = tokio::join!(TestOrigin::start(grace), TestOrigin::start(grace));
+
+    // An earlier publish on both moves the stream's numbering on.
+    let (url_a, url_b) = (a.rtmp_url("pair"), b.rtmp_url("pair"));
+    tokio::join!(
+        async {
+            publish_clip_range(&url_a, 0, 4_000)
+                .await
+                .finish()
+                .await
+                .unwrap()
+        },
+        async {
+            publish_clip_range(&url_b, 0, 4_000)
+                .await
+                .finish()
+                .await
+                .unwrap()
+        },
+    );
+    let (pa1, pb1) = tokio::join!(ended_after(&a, "pair", None), ended_after(&b, "pair", None));
+    assert_eq!(numbering(&pa1), numbering(&pb1));
+    let last1 = pa1.entries.last().unwrap().sequence;
+
+    // The encoder publishes again from timestamp 0. A gets all of it; B is shut down 2.5 s in
+    // (its publisher still connected) and restarted, and gets the encoder's output from 3 s on.
+    let start = tokio::time::Instant::now();
+    let pub_a = tokio::spawn(async move {
+        publish_clip_range(&url_a, 0, 10_000)
+            .await
+            .finish()
+            .await
+            .unwrap()
+    });
+    let before_restart = publish_clip_range(&url_b, 0, 2_500).await;
+    let data_dir = b.shutdown().await;
+    drop(before_restart);
+    let b = TestOrigin::start(|c| {
+        grace(c);
+        c.data_dir = data_dir;
+    })
+    .await;
+    tokio::time::sleep_until(start + Duration::from_millis(3_000)).await;
+    publish_clip_range(&b.rtmp_url("pair"), 3_000, 10_000)
+        .await
+        .finish()
+        .await
+        .unwrap();
+    pub_a.await.unwrap();
+
+    let (pa, pb) = tokio::join!(
+        ended_after(&a, "pair", Some(last1)),
+        ended_after(&b, "pair", Some(last1))
+    );
+    // The second publish continued the numbering instead of reusing the first one's names.
+    assert!(pa.media_sequence > last1, "{pa:?} after {pa1:?}");
+    assert!(pa.entries[0].discontinuity);
+    for e in &pa.entries {
+        assert!(
+            pa1.entries.iter().all(|old| old.uri != e.uri),
+            "{} reused",
+            e.uri
+        );
+    }
+    // The restarted origin cannot publish the segment its first keyframe (4 s) is in, but from
+    // 6 s on it lists what A lists, under the same names, with the same bytes.
+    let common = numbering(&pb);
+    assert!(common.len() >= 2, "B after its restart: {pb:?}");
+    assert!(numbering(&pa).ends_with(&common), "A {pa:?} B {pb:?}");
+    for e in &pb.entries {
+        let sa = get(&a.url(&format!("/live/pair/{}", e.uri))).await;
+        let sb = get(&b.url(&format!("/live/pair/{}", e.uri))).await;
+        assert_eq!((sa.status, sb.status), (200, 200), "{}", e.uri);
+        assert!(sa.body == sb.body, "{} differs between the origins", e.uri);
     }
     a.stop().await;
     b.stop().await;

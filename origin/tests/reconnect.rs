@@ -1,8 +1,10 @@
 //! Publisher lifecycle on one stream: an encoder that drops and comes back within the grace
 //! continues the same playlist after EXT-X-DISCONTINUITY (sequence never going backwards) and
-//! the playlist ends only after the grace; a second publisher is refused, or takes over when
-//! configured; publish authorization (key list, HTTP callback) and media the packager refuses
-//! end a publish before it starts.
+//! the playlist ends only after the grace; a publish after the grace (even after an origin
+//! restart) continues the numbering, never reusing a name; an origin shutdown finalizes the
+//! recording but leaves the live playlist without ENDLIST; a second publisher is refused, or
+//! takes over when configured; publish authorization (key list, HTTP callback) and media the
+//! packager refuses end a publish before it starts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -88,6 +90,116 @@ async fn encoder_reconnect_within_grace_continues_the_playlist_with_a_discontinu
         assert_ne!(pair[1].uri, pair[0].uri);
     }
     origin.stop().await;
+}
+
+/// Publishes the clip's first 4 s on `stream`, disconnects, and returns the live playlist once
+/// it has ENDLIST and lists segments numbered past `after` (the previous publish's last).
+async fn publish_until_ended(origin: &TestOrigin, stream: &str, after: Option<u64>) -> Playlist {
+    publish_clip_range(&origin.rtmp_url(stream), 0, 4_000)
+        .await
+        .finish()
+        .await
+        .unwrap();
+    let url = origin.url(&format!("/live/{stream}/index.m3u8"));
+    wait_for(
+        "ENDLIST of this publish",
+        Duration::from_secs(10),
+        || async {
+            let p = parse_playlist(&get(&url).await.text());
+            let new = after.is_none_or(|last| p.entries.iter().any(|e| e.sequence > last));
+            (p.ended && new).then_some(p)
+        },
+    )
+    .await
+}
+
+/// Checks `next` (a later publish's playlist) continues after `earlier` without reusing a name.
+fn assert_continues(earlier: &[Playlist], next: &Playlist) {
+    let last = earlier.last().unwrap().entries.last().unwrap();
+    assert!(
+        next.media_sequence > last.sequence,
+        "media sequence went back: {next:?} after {last:?}"
+    );
+    assert_eq!(next.discontinuity_sequence, last.discontinuity_sequence);
+    let first = &next.entries[0];
+    assert!(
+        first.discontinuity,
+        "a new publish is a discontinuity: {next:?}"
+    );
+    assert_eq!(
+        first.discontinuity_sequence,
+        last.discontinuity_sequence + 1
+    );
+    for e in &next.entries {
+        for p in earlier {
+            assert!(
+                p.entries.iter().all(|old| old.uri != e.uri),
+                "{} was already published: {p:?}",
+                e.uri
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_again_after_the_grace_never_reuses_a_segment_name() {
+    let origin = TestOrigin::start(|c| c.hls.reconnect_grace_ms = 500).await;
+    let first = publish_until_ended(&origin, "show", None).await;
+    assert!(first.entries.len() >= 2, "{first:?}");
+
+    // The encoder comes back after the grace: its timestamps start from zero again.
+    let last = first.entries.last().unwrap().sequence;
+    let second = publish_until_ended(&origin, "show", Some(last)).await;
+    assert_continues(std::slice::from_ref(&first), &second);
+    // The new publish's segments are on disk under their new names.
+    for e in &second.entries {
+        let r = get(&origin.url(&format!("/live/show/{}", e.uri))).await;
+        assert_eq!(r.status, 200, "{}", e.uri);
+    }
+
+    // The numbering survives an origin restart too.
+    let data_dir = origin.shutdown().await;
+    let origin = TestOrigin::start(|c| {
+        c.hls.reconnect_grace_ms = 500;
+        c.data_dir = data_dir;
+    })
+    .await;
+    let last = second.entries.last().unwrap().sequence;
+    let third = publish_until_ended(&origin, "show", Some(last)).await;
+    assert_continues(&[first, second], &third);
+    origin.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origin_shutdown_finalizes_the_recording_but_does_not_end_the_live_playlist() {
+    let origin = TestOrigin::start(|c| c.hls.reconnect_grace_ms = 500).await;
+    // Still publishing when the origin goes down, as the encoder of a redundant pair would be.
+    let publisher = publish_clip_range(&origin.rtmp_url("deploy"), 0, 5_000).await;
+    let data_dir = origin.shutdown().await;
+    drop(publisher);
+    // Longer than the grace: nothing may still write ENDLIST after the shutdown returned.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+
+    let live = std::fs::read_to_string(data_dir.join("live/deploy/index.m3u8")).unwrap();
+    let live = parse_playlist(&live);
+    assert!(!live.ended, "ENDLIST on the live playlist: {live:?}");
+    assert!(live.entries.len() >= 2, "{live:?}");
+
+    let vod = data_dir.join("vod/deploy");
+    let recordings: Vec<_> = std::fs::read_dir(&vod)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(recordings.len(), 1, "{recordings:?}");
+    let recording = std::fs::read_to_string(recordings[0].join("index.m3u8")).unwrap();
+    let recording = parse_playlist(&recording);
+    assert!(recording.vod && recording.ended, "{recording:?}");
+    assert_eq!(
+        recording.entries.iter().map(|e| &e.uri).collect::<Vec<_>>(),
+        live.entries.iter().map(|e| &e.uri).collect::<Vec<_>>()
+    );
+    assert!(recordings[0].join("recording.json").exists());
+    std::fs::remove_dir_all(&data_dir).unwrap();
 }
 
 async fn connect(

@@ -65,6 +65,35 @@
 //! Likewise, after RTMP's 32-bit clock wraps (49.7 days) only origins that both saw the wrap
 //! agree.
 //!
+//! # Numbering across publishes and restarts
+//!
+//! A stream's names must never repeat on an origin: caches keep segments for a day or more
+//! (`immutable` at the CDN), so a name reused by a later publish would serve the old content, and
+//! players would see the media sequence go backwards. Yet a new publish after the grace expired
+//! restarts its timestamps at 0, where the slot rule alone would number from 0 again. So the
+//! numbering outlives the packager: after each published segment the caller persists the
+//! [`NumberingState`] ([`Packager::numbering_state`]: last sequence, its discontinuity sequence,
+//! the offset in effect), and when the stream starts again — a new publish after the grace, or the
+//! same publish after the origin restarted — it builds the packager with [`Packager::restore`].
+//! The first keyframe then decides, from timestamps alone:
+//!
+//! - numbered by the stored offset it lands **past** the last published sequence: the encoder's
+//!   clock kept running (the origin restarted mid-stream), so the stored offset is kept and the
+//!   numbering is exactly that of the partner origin that never stopped, including the rule that
+//!   a joiner's first segment is not published;
+//! - at or **below** it: the timestamps restarted (a new publish), so numbering continues as after
+//!   [`Packager::discontinuity`] — one past the last sequence, the discontinuity sequence
+//!   incremented, the first segment flagged EXT-X-DISCONTINUITY — and the new live playlist starts
+//!   at those continued numbers.
+//!
+//! Both origins of a pair saw the same publishes, so they stored the same state and agree. What
+//! breaks alignment: an origin whose data directory was wiped (or whose state file was lost)
+//! starts again from the slot rule, at 0 for a new publish — diverging from its partner *and*
+//! reusing names it published before; an origin that was down while a publish ended (or while
+//! the encoder reconnected) stored an older state than its partner and numbers the next publish
+//! lower than the partner does, though never below its own names. Copying the partner's state
+//! file over before the origin starts realigns it.
+//!
 //! # Towards LL-HLS
 //!
 //! [`ts::TsWriter`] writes each frame as whole 188-byte packets appended to one buffer, so any
@@ -85,6 +114,7 @@ pub mod ts;
 pub use flv::{audio_codec_id, video_codec_id, FlvReader, FlvTag};
 pub use packager::{Packager, PackagerOptions, Segment};
 pub use playlist::{render_media_playlist, LiveWindow, MediaPlaylist, PlaylistEntry, SegmentInfo};
+pub use segmenter::NumberingState;
 
 /// Why a tag, a header or a stream cannot be packaged. Variants are named by the stage that
 /// refused the input; none is recoverable by retrying the same bytes.

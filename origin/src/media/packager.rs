@@ -12,7 +12,7 @@ use super::aac::AacConfig;
 use super::avc::AvcConfig;
 use super::flv::{self, AudioTag, VideoTag};
 use super::playlist::SegmentInfo;
-use super::segmenter::{KeyframeDecision, SegmentStart, Segmenter, Timeline};
+use super::segmenter::{KeyframeDecision, NumberingState, SegmentStart, Segmenter, Timeline};
 use super::ts::TsWriter;
 use super::MediaError;
 
@@ -140,6 +140,8 @@ pub struct Packager {
     last_video: Option<(i64, i64)>,
     /// Reused conversion buffer.
     scratch: Vec<u8>,
+    /// Numbering after the last segment handed out (or as restored).
+    numbering: Option<NumberingState>,
 }
 
 impl Packager {
@@ -157,7 +159,27 @@ impl Packager {
             keyframe_wait_from_ms: None,
             last_video: None,
             scratch: Vec::new(),
+            numbering: None,
         }
+    }
+
+    /// A packager for a stream whose numbering stood at `state` when its last segment was
+    /// published — by an earlier publish, or by this one before the origin restarted. The
+    /// first keyframe either continues that numbering on the same timeline or, if the
+    /// timestamps restarted, after a discontinuity (see [`Segmenter::restore`]), so names never
+    /// repeat.
+    pub fn restore(opts: PackagerOptions, state: NumberingState) -> Self {
+        let mut packager = Self::new(opts);
+        packager.segmenter = Segmenter::restore(packager.opts.target_duration_ms, state);
+        packager.numbering = Some(state);
+        packager
+    }
+
+    /// Where numbering stands after the last segment this packager handed out (or the state it
+    /// was restored from; `None` before either). Persist it with each segment and pass it to
+    /// [`Packager::restore`] when the stream starts again.
+    pub fn numbering_state(&self) -> Option<NumberingState> {
+        self.numbering
     }
 
     /// The options this packager was made with.
@@ -239,7 +261,8 @@ impl Packager {
             // No next keyframe will come: the segment ends one frame after its last video frame.
             let frame_ms = self.last_video.map_or(0, |(_, step)| step.max(0));
             let end_ms = open.last_video_ms + frame_ms;
-            self.pending.push(self.close(open, end_ms));
+            let done = self.close(open, end_ms);
+            self.pending.push(done);
         }
         self.segmenter.discontinuity();
         self.timeline.reset();
@@ -336,8 +359,8 @@ impl Packager {
         }
     }
 
-    /// Turns a segment ending at `end_ms` into its final form.
-    fn close(&self, open: OpenSegment, end_ms: i64) -> Segment {
+    /// Turns a segment ending at `end_ms` into its final form; numbering now stands at it.
+    fn close(&mut self, open: OpenSegment, end_ms: i64) -> Segment {
         let duration_ms = u32::try_from((end_ms - open.start_ms).max(0)).unwrap_or(u32::MAX);
         // RFC 8216 §4.3.3.1: EXTINF rounded to the nearest second must not exceed the target.
         if duration_ms.saturating_add(500) / 1000 > self.opts.target_duration_secs() {
@@ -349,6 +372,12 @@ impl Packager {
             );
         }
         let sequence = open.start.sequence;
+        self.numbering = Some(NumberingState {
+            last_sequence: sequence,
+            discontinuity_sequence: open.start.discontinuity_sequence,
+            offset: i64::try_from(sequence).unwrap_or(i64::MAX)
+                - self.segmenter.slot(open.start_ms),
+        });
         Segment {
             sequence,
             discontinuity_sequence: open.start.discontinuity_sequence,
@@ -596,6 +625,85 @@ mod tests {
                 (5, 1, false, 99),
             ]
         );
+    }
+
+    #[test]
+    fn a_restored_packager_continues_numbering_when_timestamps_restart() {
+        let mut first = Packager::new(PackagerOptions::default());
+        started(&mut first);
+        let mut before = feed(&mut first, &stream(0, 5000));
+        before.extend(first.finish());
+        let state = first.numbering_state().unwrap();
+        assert_eq!(
+            state,
+            NumberingState {
+                last_sequence: 2,
+                discontinuity_sequence: 0,
+                offset: 0
+            }
+        );
+
+        // A new publish, timestamps from 0 again, in a packager built from the stored state.
+        let mut next = Packager::restore(PackagerOptions::default(), state);
+        assert_eq!(next.numbering_state(), Some(state));
+        started(&mut next);
+        let mut after = feed(&mut next, &stream(0, 4100));
+        after.extend(next.finish());
+        assert_eq!(
+            summary(&after),
+            vec![(3, 1, true, 2000), (4, 1, false, 2000), (5, 1, false, 99)]
+        );
+        assert!(after
+            .iter()
+            .all(|a| before.iter().all(|b| a.name != b.name)));
+        assert_eq!(
+            next.numbering_state(),
+            Some(NumberingState {
+                last_sequence: 5,
+                discontinuity_sequence: 1,
+                offset: 3
+            })
+        );
+
+        // Numbering is the same as within one session's reconnect.
+        let mut session = Packager::new(PackagerOptions::default());
+        started(&mut session);
+        feed(&mut session, &stream(0, 5000));
+        session.discontinuity();
+        let mut within = started(&mut session);
+        within.extend(feed(&mut session, &stream(0, 4100)));
+        within.extend(session.finish());
+        assert_eq!(&within[1..], &after[..]);
+    }
+
+    #[test]
+    fn a_packager_restored_mid_stream_publishes_what_a_never_restarted_one_does() {
+        // The stream's numbering was moved on by an earlier publish (state after it: 2.ts).
+        let earlier = NumberingState {
+            last_sequence: 2,
+            discontinuity_sequence: 0,
+            offset: 0,
+        };
+        let mut steady = Packager::restore(PackagerOptions::default(), earlier);
+        started(&mut steady);
+        let all = feed(&mut steady, &stream(0, 20_000));
+        assert_eq!(all[0].sequence, 3);
+
+        // The other origin ran for 5 s, stopped, and came back at 9 s with its saved state.
+        let mut crashed = Packager::restore(PackagerOptions::default(), earlier);
+        started(&mut crashed);
+        let before = feed(&mut crashed, &stream(0, 5000));
+        let saved = crashed.numbering_state().unwrap();
+        let mut restarted = Packager::restore(PackagerOptions::default(), saved);
+        started(&mut restarted);
+        let after = feed(&mut restarted, &stream(9000, 20_000));
+
+        assert!(!after.is_empty() && after.iter().all(|s| !s.discontinuity));
+        for segment in before.iter().chain(&after) {
+            let same = all.iter().find(|s| s.sequence == segment.sequence).unwrap();
+            assert_eq!(segment, same, "segment {} differs", segment.sequence);
+        }
+        assert_eq!(after.last().unwrap().sequence, all.last().unwrap().sequence);
     }
 
     #[test]

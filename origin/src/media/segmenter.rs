@@ -4,6 +4,10 @@
 //! this module implements it on the stream's own timeline. [`Timeline`] turns RTMP's wrapping
 //! 32-bit millisecond timestamps into a monotonic `i64`; [`Segmenter`] looks only at keyframe
 //! timestamps (and at encoder reconnects) and never at a clock or a counter of its own.
+//! [`NumberingState`] is what a stream's numbering must remember across publishes and origin
+//! restarts; the caller persists it and hands it to [`Segmenter::restore`].
+
+use serde::{Deserialize, Serialize};
 
 /// Unwraps RTMP's u32 millisecond timestamps (which wrap every 2³² ms ≈ 49.7 days) into a
 /// monotonic `i64` timeline that starts at the first timestamp seen.
@@ -50,6 +54,19 @@ pub struct SegmentStart {
     pub publish: bool,
 }
 
+/// Where a stream's numbering stands after its last published segment: what a new publish on
+/// the stream (or the same publish, after an origin restart) needs to continue it (see
+/// [numbering across publishes](super#numbering-across-publishes-and-restarts)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NumberingState {
+    /// Sequence number of the last published segment.
+    pub last_sequence: u64,
+    /// Its discontinuity sequence number.
+    pub discontinuity_sequence: u64,
+    /// Its `sequence − slot`: the offset that numbers its timeline.
+    pub offset: i64,
+}
+
 /// What a keyframe means for the segment in progress.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KeyframeDecision {
@@ -76,6 +93,9 @@ pub struct Segmenter {
     last_frame_seq: Option<i64>,
     discontinuity_sequence: u64,
     discontinuity_pending: bool,
+    /// The numbering this segmenter was restored from, until the first keyframe decides
+    /// whether it continues that timeline or starts a new one after it.
+    restored: Option<NumberingState>,
 }
 
 impl Segmenter {
@@ -92,7 +112,25 @@ impl Segmenter {
             last_frame_seq: None,
             discontinuity_sequence: 0,
             discontinuity_pending: false,
+            restored: None,
         }
+    }
+
+    /// A segmenter for a stream whose numbering stood at `state` (an earlier publish, or this
+    /// publish before the origin restarted). Its first keyframe decides: if the slot rule
+    /// with `state.offset` numbers it past `state.last_sequence`, the encoder's clock kept
+    /// running and numbering continues on that timeline, exactly as on an origin that never
+    /// stopped; otherwise the timestamps restarted, and numbering continues as after
+    /// [`Segmenter::discontinuity`] — one past `state.last_sequence`, discontinuity sequence
+    /// incremented, first segment flagged.
+    pub fn restore(target_ms: u32, state: NumberingState) -> Self {
+        let mut segmenter = Self::new(target_ms);
+        segmenter.offset = None;
+        segmenter.base_after_discontinuity =
+            i64::try_from(state.last_sequence.saturating_add(1)).unwrap_or(i64::MAX);
+        segmenter.discontinuity_sequence = state.discontinuity_sequence;
+        segmenter.restored = Some(state);
+        segmenter
     }
 
     /// The slot a timestamp falls in: slot `k` is `[kT − T/8, (k+1)T − T/8)`.
@@ -112,12 +150,28 @@ impl Segmenter {
     /// Decides what a video keyframe at `t_ms` does.
     pub fn on_keyframe(&mut self, t_ms: i64) -> KeyframeDecision {
         let slot = self.slot(t_ms);
+        let first_on_timeline = t_ms == 0 || self.slot(t_ms - 1) < slot;
         let (offset, publish) = match (self.offset, self.prev_keyframe_ms) {
-            // First keyframe after a reconnect: every origin that saw the reconnect saw it.
-            (None, _) => (self.base_after_discontinuity - slot, Some(true)),
+            (None, _) => match self.restored.take() {
+                // The encoder's clock kept running while this origin restarted: the timeline
+                // goes on, and so does the question of whether this keyframe starts a segment.
+                Some(state)
+                    if i128::from(slot) + i128::from(state.offset)
+                        > i128::from(state.last_sequence) =>
+                {
+                    (state.offset, Some(first_on_timeline))
+                }
+                Some(_) => {
+                    self.discontinuity_sequence += 1;
+                    self.discontinuity_pending = true;
+                    (self.base_after_discontinuity - slot, Some(true))
+                }
+                // First keyframe after a reconnect: every origin that saw the reconnect saw it.
+                None => (self.base_after_discontinuity - slot, Some(true)),
+            },
             // First keyframe ever: a start only if no earlier keyframe could share its slot —
             // at timestamp 0, or exactly on the slot's first millisecond.
-            (Some(offset), None) => (offset, Some(t_ms == 0 || self.slot(t_ms - 1) < slot)),
+            (Some(offset), None) => (offset, Some(first_on_timeline)),
             (Some(offset), Some(prev)) if self.slot(prev) < slot => (offset, Some(true)),
             (Some(offset), Some(_)) => (offset, None),
         };
@@ -301,6 +355,59 @@ mod tests {
         assert!(!segmenter.discontinuity());
         let after = published(&starts(&mut segmenter, &[0]));
         assert_eq!(after, vec![(0, 1)]);
+    }
+
+    fn state(last_sequence: u64, discontinuity_sequence: u64, offset: i64) -> NumberingState {
+        NumberingState {
+            last_sequence,
+            discontinuity_sequence,
+            offset,
+        }
+    }
+
+    #[test]
+    fn restored_numbering_continues_past_the_last_sequence_when_timestamps_restart() {
+        // The earlier publish ended at 41.ts on offset 30, in discontinuity sequence 2.
+        let mut segmenter = Segmenter::restore(2000, state(41, 2, 30));
+        let after = starts(&mut segmenter, &[0, 2000, 4000]);
+        assert_eq!(
+            after
+                .iter()
+                .map(|(_, s)| (
+                    s.sequence,
+                    s.discontinuity_sequence,
+                    s.discontinuity,
+                    s.publish
+                ))
+                .collect::<Vec<_>>(),
+            vec![
+                (42, 3, true, true),
+                (43, 3, false, true),
+                (44, 3, false, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn restored_numbering_while_the_clock_kept_running_matches_a_segmenter_that_never_stopped() {
+        let keyframes: Vec<i64> = (0..20).map(|i| i * 1000).collect();
+        // An earlier publish moved this stream's numbering to offset 7.
+        let mut never_stopped = Segmenter::restore(2000, state(6, 0, 0));
+        let all = published(&starts(&mut never_stopped, &keyframes));
+        assert_eq!(all[0], (0, 7));
+        // Restarted after publishing 9.ts (keyframe at 4 s); back from 9 s on.
+        let mut restarted = Segmenter::restore(2000, state(9, 1, 7));
+        let after = starts(&mut restarted, &keyframes[9..]);
+        assert!(
+            !after[0].1.publish,
+            "cannot know whether 9 s starts a segment"
+        );
+        assert!(after
+            .iter()
+            .all(|(_, s)| !s.discontinuity && s.discontinuity_sequence == 1));
+        let after = published(&after);
+        assert_eq!(after[0], (10_000, 12));
+        assert!(all.ends_with(&after));
     }
 
     #[test]

@@ -28,16 +28,21 @@ pub struct TestOrigin {
 }
 
 impl TestOrigin {
-    /// Starts an origin with test defaults (short timeouts, a fresh data dir), adjusted by `f`.
+    /// Starts an origin with test defaults (short timeouts, a fresh data dir), adjusted by `f`
+    /// (which may point `data_dir` at an earlier origin's, to restart it).
     pub async fn start(f: impl FnOnce(&mut Config)) -> Self {
         init_tracing();
-        let data_dir = temp_dir("origin");
+        let fresh = temp_dir("origin");
         let mut config = Config {
-            data_dir: data_dir.clone(),
+            data_dir: fresh.clone(),
             ..Config::default()
         };
         config.hls.reconnect_grace_ms = 1_000;
         f(&mut config);
+        let data_dir = config.data_dir.clone();
+        if data_dir != fresh {
+            let _ = std::fs::remove_dir_all(&fresh);
+        }
         let rtmp = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let (rtmp_addr, http_addr) = (rtmp.local_addr().unwrap(), http.local_addr().unwrap());
@@ -68,8 +73,15 @@ impl TestOrigin {
         format!("http://{}{path}", self.http)
     }
 
-    /// Shuts the origin down and waits for it.
-    pub async fn stop(mut self) {
+    /// Shuts the origin down and waits for it, then deletes its data dir.
+    pub async fn stop(self) {
+        let data_dir = self.shutdown().await;
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+
+    /// Shuts the origin down gracefully (as SIGTERM does) and waits for it; returns its data
+    /// dir, left in place for inspection or a restart.
+    pub async fn shutdown(mut self) -> PathBuf {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -79,7 +91,7 @@ impl TestOrigin {
                 .expect("origin shut down in time")
                 .unwrap();
         }
-        let _ = std::fs::remove_dir_all(&self.data_dir);
+        std::mem::take(&mut self.data_dir)
     }
 }
 
