@@ -39,7 +39,7 @@ start_varnish() {
 }
 start_parallax() {
   PORT[parallax]=$(free_port)
-  "$PROXY_BIN" --listen "127.0.0.1:${PORT[parallax]}" --upstream "127.0.0.1:$ORIGIN" \
+  RUST_LOG=warn "$PROXY_BIN" --listen "127.0.0.1:${PORT[parallax]}" --upstream "127.0.0.1:$ORIGIN" \
     --threads 2 > "$WORK/parallax.log" 2>&1 & PID[parallax]=$!; PIDS+=(${PID[parallax]})
 }
 read -r -a SERVERS <<< "${SERVERS:-parallax nginx varnish}"
