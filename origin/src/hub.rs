@@ -529,12 +529,12 @@ impl StreamTask {
                 }
                 let mut finished = Vec::new();
                 for segment in &segments {
-                    let pdt = unix_ms() - i64::from(segment.duration_ms);
+                    let pdt = unix_ms() - i64::from(segment.info.duration_ms);
                     let stored = disk.store.add_segment(segment, pdt, Instant::now())?;
                     tracing::debug!(
-                        name = %segment.name,
-                        sequence = segment.sequence,
-                        duration_ms = segment.duration_ms,
+                        name = %segment.info.name,
+                        sequence = segment.info.sequence,
+                        duration_ms = segment.info.duration_ms,
                         bytes = stored.bytes,
                         "segment written"
                     );

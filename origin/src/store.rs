@@ -211,12 +211,12 @@ impl LiveStore {
         program_date_time_ms: i64,
         now: Instant,
     ) -> Result<StoredSegment, StoreError> {
-        let path = self.dir.join(&segment.name);
+        let path = self.dir.join(&segment.info.name);
         write_atomic(&path, &segment.data)?;
         // Rewritten under a name that was scheduled for deletion: the new file must stay.
         self.expiring.retain(|(_, p)| *p != path);
         let stored = StoredSegment {
-            info: segment.info(),
+            info: segment.info.clone(),
             program_date_time_ms,
             path,
             bytes: segment.data.len() as u64,
@@ -382,12 +382,14 @@ mod tests {
 
     fn segment(sequence: u64) -> Segment {
         Segment {
-            sequence,
-            discontinuity_sequence: 0,
-            discontinuity: false,
-            duration_ms: 2000,
-            name: format!("{sequence}.ts"),
-            first_pts_90k: sequence * 180_000,
+            info: SegmentInfo {
+                sequence,
+                discontinuity_sequence: 0,
+                discontinuity: false,
+                duration_ms: 2000,
+                name: format!("{sequence}.ts"),
+                first_pts_90k: sequence * 180_000,
+            },
             data: bytes::Bytes::from(vec![0x47; 188]),
         }
     }

@@ -119,17 +119,20 @@ fn segments_of_an_ffmpeg_stream_pass_ffprobe_and_decode_cleanly() {
     let segments = package(&flv, 0);
 
     assert_eq!(
-        segments.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        segments
+            .iter()
+            .map(|s| s.info.name.as_str())
+            .collect::<Vec<_>>(),
         ["0.ts", "1.ts", "2.ts"]
     );
     for segment in &segments {
         assert!(
-            segment.duration_ms.abs_diff(2000) <= 40,
+            segment.info.duration_ms.abs_diff(2000) <= 40,
             "{} lasts {} ms",
-            segment.name,
-            segment.duration_ms
+            segment.info.name,
+            segment.info.duration_ms
         );
-        let path = dir.0.join(&segment.name);
+        let path = dir.0.join(&segment.info.name);
         std::fs::write(&path, &segment.data).unwrap();
         let path = path.to_str().unwrap();
 

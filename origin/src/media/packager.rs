@@ -67,37 +67,14 @@ impl PackagerOptions {
     }
 }
 
-/// A finished segment.
+/// A finished segment: what a playlist lists about it, and its MPEG-TS bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
-    /// Media sequence number (epoch-locked, see the [numbering rule](super#numbering-rule-epoch-locking)).
-    pub sequence: u64,
-    /// Discontinuity sequence number.
-    pub discontinuity_sequence: u64,
-    /// Whether EXT-X-DISCONTINUITY precedes it (first segment after an encoder reconnect).
-    pub discontinuity: bool,
-    /// Duration in ms: from its keyframe to the next segment's.
-    pub duration_ms: u32,
-    /// Relative URI, `"<sequence>.ts"`.
-    pub name: String,
-    /// PTS of its first video frame in 90 kHz units, before the 33-bit wrap of the TS field.
-    pub first_pts_90k: u64,
+    /// Sequence number (epoch-locked, see the [numbering rule](super#numbering-rule-epoch-locking)),
+    /// name, duration and discontinuity: everything but the bytes.
+    pub info: SegmentInfo,
     /// The MPEG-TS bytes.
     pub data: Bytes,
-}
-
-impl Segment {
-    /// Everything but the bytes, as listed in a playlist.
-    pub fn info(&self) -> SegmentInfo {
-        SegmentInfo {
-            sequence: self.sequence,
-            discontinuity_sequence: self.discontinuity_sequence,
-            discontinuity: self.discontinuity,
-            duration_ms: self.duration_ms,
-            name: self.name.clone(),
-            first_pts_90k: self.first_pts_90k,
-        }
-    }
 }
 
 /// The segment being written.
@@ -379,12 +356,14 @@ impl Packager {
                 - self.segmenter.slot(open.start_ms),
         });
         Segment {
-            sequence,
-            discontinuity_sequence: open.start.discontinuity_sequence,
-            discontinuity: open.start.discontinuity,
-            duration_ms,
-            name: format!("{sequence}.ts"),
-            first_pts_90k: open.first_pts_90k,
+            info: SegmentInfo {
+                sequence,
+                discontinuity_sequence: open.start.discontinuity_sequence,
+                discontinuity: open.start.discontinuity,
+                duration_ms,
+                name: format!("{sequence}.ts"),
+                first_pts_90k: open.first_pts_90k,
+            },
             data: open.writer.finish(),
         }
     }
@@ -492,10 +471,10 @@ mod tests {
             .iter()
             .map(|s| {
                 (
-                    s.sequence,
-                    s.discontinuity_sequence,
-                    s.discontinuity,
-                    s.duration_ms,
+                    s.info.sequence,
+                    s.info.discontinuity_sequence,
+                    s.info.discontinuity,
+                    s.info.duration_ms,
                 )
             })
             .collect()
@@ -514,9 +493,9 @@ mod tests {
                 (2, 0, false, 2000)
             ]
         );
-        assert_eq!(segments[1].name, "1.ts");
+        assert_eq!(segments[1].info.name, "1.ts");
         // PTS = (DTS + composition offset + the constant offset) in 90 kHz.
-        assert_eq!(segments[1].first_pts_90k, (2000 + 33 + 10_000) * 90);
+        assert_eq!(segments[1].info.first_pts_90k, (2000 + 33 + 10_000) * 90);
         for segment in &segments {
             assert_eq!(segment.data.len() % 188, 0);
             assert_eq!(&segment.data[..4], &[0x47, 0x40, 0x00, 0x30], "PAT first");
@@ -550,7 +529,7 @@ mod tests {
         let mut packager = Packager::new(PackagerOptions::default());
         started(&mut packager);
         let segments = feed(&mut packager, &stream(0, 4100));
-        let cut = segments[1].first_pts_90k;
+        let cut = segments[1].info.first_pts_90k;
         assert_eq!(cut, (2000 + 33 + 10_000) * 90);
         let first = audio_pts(&segments[0].data);
         let second = audio_pts(&segments[1].data);
@@ -583,7 +562,7 @@ mod tests {
         let mut late = Packager::new(PackagerOptions::default());
         started(&mut late);
         let joined = feed(&mut late, &stream(7000, 20_000));
-        assert_eq!(joined[0].sequence, 5);
+        assert_eq!(joined[0].info.sequence, 5);
 
         // Ran for 5 s, crashed, came back at 9 s.
         let mut crashed = Packager::new(PackagerOptions::default());
@@ -594,12 +573,15 @@ mod tests {
         let after = feed(&mut restarted, &stream(9000, 20_000));
 
         for segment in joined.iter().chain(&before).chain(&after) {
-            let same = all.iter().find(|s| s.sequence == segment.sequence).unwrap();
-            assert_eq!(segment, same, "segment {} differs", segment.sequence);
+            let same = all
+                .iter()
+                .find(|s| s.info.sequence == segment.info.sequence)
+                .unwrap();
+            assert_eq!(segment, same, "segment {} differs", segment.info.sequence);
         }
         assert_eq!(
-            joined.last().unwrap().sequence,
-            all.last().unwrap().sequence
+            joined.last().unwrap().info.sequence,
+            all.last().unwrap().info.sequence
         );
     }
 
@@ -655,7 +637,7 @@ mod tests {
         );
         assert!(after
             .iter()
-            .all(|a| before.iter().all(|b| a.name != b.name)));
+            .all(|a| before.iter().all(|b| a.info.name != b.info.name)));
         assert_eq!(
             next.numbering_state(),
             Some(NumberingState {
@@ -687,7 +669,7 @@ mod tests {
         let mut steady = Packager::restore(PackagerOptions::default(), earlier);
         started(&mut steady);
         let all = feed(&mut steady, &stream(0, 20_000));
-        assert_eq!(all[0].sequence, 3);
+        assert_eq!(all[0].info.sequence, 3);
 
         // The other origin ran for 5 s, stopped, and came back at 9 s with its saved state.
         let mut crashed = Packager::restore(PackagerOptions::default(), earlier);
@@ -698,12 +680,18 @@ mod tests {
         started(&mut restarted);
         let after = feed(&mut restarted, &stream(9000, 20_000));
 
-        assert!(!after.is_empty() && after.iter().all(|s| !s.discontinuity));
+        assert!(!after.is_empty() && after.iter().all(|s| !s.info.discontinuity));
         for segment in before.iter().chain(&after) {
-            let same = all.iter().find(|s| s.sequence == segment.sequence).unwrap();
-            assert_eq!(segment, same, "segment {} differs", segment.sequence);
+            let same = all
+                .iter()
+                .find(|s| s.info.sequence == segment.info.sequence)
+                .unwrap();
+            assert_eq!(segment, same, "segment {} differs", segment.info.sequence);
         }
-        assert_eq!(after.last().unwrap().sequence, all.last().unwrap().sequence);
+        assert_eq!(
+            after.last().unwrap().info.sequence,
+            all.last().unwrap().info.sequence
+        );
     }
 
     #[test]
@@ -714,15 +702,15 @@ mod tests {
         packager.push_video(start, &avc_header()).unwrap();
         packager.push_audio(start, &AAC_HEADER).unwrap();
         let segments = feed_shifted(&mut packager, &stream(0, 9000), start);
-        let sequences: Vec<u64> = segments.iter().map(|s| s.sequence).collect();
+        let sequences: Vec<u64> = segments.iter().map(|s| s.info.sequence).collect();
         assert!(
             sequences.windows(2).all(|w| w[1] == w[0] + 1),
             "{sequences:?}"
         );
-        assert!(segments.iter().all(|s| s.duration_ms == 2000));
+        assert!(segments.iter().all(|s| s.info.duration_ms == 2000));
         assert!(segments
             .windows(2)
-            .all(|w| w[1].first_pts_90k == w[0].first_pts_90k + 180_000));
+            .all(|w| w[1].info.first_pts_90k == w[0].info.first_pts_90k + 180_000));
     }
 
     #[test]
