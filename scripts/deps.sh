@@ -8,7 +8,7 @@ declare -A NEED=(
   [cmake]=cmake            # pingora-core builds libz-ng with it
   [ffmpeg]=ffmpeg          # real publisher in tests
   [ffprobe]=ffmpeg         # segment validation in tests
-  [redis-server]=redis-server
+  [python3]=python3        # a real, SIGSTOP-able origin process in the failover tests
 )
 if [ "${PARALLAX_BENCH:-0}" = 1 ]; then
   NEED[nginx]=nginx; NEED[varnishd]=varnish; NEED[wrk]=wrk; NEED[h2load]=nghttp2-client

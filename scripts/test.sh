@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every Parallax test: unit, integration and end-to-end, with real peers (ffmpeg, ffprobe,
-# redis-server). Installs what is missing first (see scripts/deps.sh).
+# python3's http.server as a hung origin). Installs what is missing first (see scripts/deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
