@@ -226,11 +226,22 @@ impl EdgeProxy {
 /// Rejects `.` and `..` segments, also percent-encoded: a cache keyed on the raw path would
 /// otherwise store one object under many names, and some origins resolve them on disk.
 fn path_is_normal(path: &str) -> bool {
-    path.starts_with('/')
-        && path.split('/').all(|segment| {
-            let decoded = segment.to_ascii_lowercase().replace("%2e", ".");
-            decoded != "." && decoded != ".."
-        })
+    path.starts_with('/') && !path.split('/').any(is_dot_segment)
+}
+
+/// Whether a path segment decodes to `.` or `..`, each dot written as `.` or `%2e`/`%2E`.
+/// Runs on every request, so it reads the bytes in place instead of decoding into a new string.
+fn is_dot_segment(segment: &str) -> bool {
+    let mut rest = segment.as_bytes();
+    let mut dots = 0;
+    while !rest.is_empty() && dots < 3 {
+        rest = match rest {
+            [b'.', tail @ ..] | [b'%', b'2', b'e' | b'E', tail @ ..] => tail,
+            _ => return false,
+        };
+        dots += 1;
+    }
+    rest.is_empty() && (1..=2).contains(&dots)
 }
 
 /// Compares without an early exit, so response timing does not reveal how much of a guessed
@@ -718,11 +729,22 @@ mod tests {
             "/a/./b",
             "/a/%2e%2E/b",
             "/a/.%2e",
+            "/a/%2E",
+            "/a/%2e.",
             "relative",
         ] {
             assert!(!path_is_normal(bad), "{bad}");
         }
-        for good in ["/", "/live/stream.m3u8", "/a..b/c", "/.well-known/x"] {
+        for good in [
+            "/",
+            "/live/stream.m3u8",
+            "/a..b/c",
+            "/.well-known/x",
+            "/a/.../b",
+            "/a/%2e%2e%2e/b",
+            "/a/%2f/b",
+            "/a/%2/b",
+        ] {
             assert!(path_is_normal(good), "{good}");
         }
     }
