@@ -7,15 +7,7 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT INT TERM
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
-wait_port() { # port [seconds]
-  local deadline=$((SECONDS + ${2:-30}))
-  until (exec 3<>/dev/tcp/127.0.0.1/"$1") 2>/dev/null; do
-    [ $SECONDS -lt $deadline ] || { echo "nothing listening on 127.0.0.1:$1" >&2; return 1; }
-    sleep 0.1
-  done
-}
+source "$ROOT/scripts/lib.sh"
 
 # Resident memory of a process and all its descendants, in MiB.
 tree_rss_mib() {

@@ -38,11 +38,10 @@ stop() {
 }
 trap stop INT TERM EXIT
 
-wait_port() {
-  local deadline=$((SECONDS + 30))
-  until (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; do
-    [ $SECONDS -lt $deadline ] || { echo "demo: nothing listening on $HOST:$1; see $DIR/*.log" >&2; exit 1; }
-    sleep 0.2
+source scripts/lib.sh
+listening() { # port...: every one accepts, or stop pointing at the logs
+  for port in "$@"; do
+    wait_port "$HOST" "$port" || { echo "demo: see $DIR/*.log" >&2; exit 1; }
   done
 }
 
@@ -59,7 +58,7 @@ EOF
 }
 origin a "$A_RTMP" "$A_HTTP"
 origin b "$B_RTMP" "$B_HTTP"
-wait_port "$A_RTMP"; wait_port "$B_RTMP"; wait_port "$A_HTTP"; wait_port "$B_HTTP"
+listening "$A_RTMP" "$B_RTMP" "$A_HTTP" "$B_HTTP"
 
 # The encoder pushes the same output to both origins, as operators configure OBS/FFmpeg, and
 # reconnects when an origin drops it (as OBS does), e.g. during the failover drill below.
@@ -103,7 +102,7 @@ graceful_shutdown_timeout_secs = 1
 EOF
 "$BIN/proxy" --config "$DIR/proxy.toml" > "$DIR/proxy.log" 2>&1 &
 PIDS+=($!)
-wait_port "$PROXY_PORT"
+listening "$PROXY_PORT"
 
 cat <<EOF
 

@@ -42,7 +42,7 @@ start_nginx_rtmp() {
 
 declare -A CPU LAT
 for s in parallax nginx_rtmp; do
-  "start_$s"; wait_port "$RTMP"; wait_port "$HTTP"
+  "start_$s"; wait_port 127.0.0.1 "$RTMP"; wait_port 127.0.0.1 "$HTTP"
   pubs=()
   for i in $(seq 1 "$STREAMS"); do
     RUST_LOG=parallax_origin::publisher=debug "$ORIGIN_BIN" --log-format json publish \

@@ -21,7 +21,7 @@ PROXY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/proxy"
 
 ORIGIN=$(free_port)
 python3 "$BENCH_DIR/origin.py" --port "$ORIGIN" --delay-ms 200 & PIDS+=($!)
-wait_port "$ORIGIN"
+wait_port 127.0.0.1 "$ORIGIN"
 
 declare -A PORT PID
 start_nginx() {
@@ -44,7 +44,7 @@ start_parallax() {
 }
 read -r -a SERVERS <<< "${SERVERS:-parallax nginx varnish}"
 for s in "${SERVERS[@]}"; do "start_$s"; done
-for s in "${SERVERS[@]}"; do wait_port "${PORT[$s]}"; done
+for s in "${SERVERS[@]}"; do wait_port 127.0.0.1 "${PORT[$s]}"; done
 
 wrk_run() { # url -> "req/s transfer/s"
   wrk -t1 -c"$CONNS" -d"${DURATION}s" "$1" > "$WORK/wrk.out" 2>&1
@@ -71,9 +71,11 @@ echo "|---|---|---|---|---|---|---|"
 for s in "${SERVERS[@]}"; do
   echo "| $s | ${RPS[$s]} | ${GBPS[$s]} | ${FETCH[$s]} | ${MEAN[$s]} | ${MAX[$s]} | ${MEM[$s]} |"
 done
-[ -n "${RPS[parallax]:-}" ] && python3 - "${RPS[parallax]}" "${RPS[nginx]}" "${RPS[varnish]}" "${GBPS[parallax]}" "${GBPS[nginx]}" "${GBPS[varnish]}" <<'PY'
+if [ -n "${RPS[parallax]:-}" ] && [ -n "${RPS[nginx]:-}" ] && [ -n "${RPS[varnish]:-}" ]; then
+python3 - "${RPS[parallax]}" "${RPS[nginx]}" "${RPS[varnish]}" "${GBPS[parallax]}" "${GBPS[nginx]}" "${GBPS[varnish]}" <<'PY'
 import sys
 p, n, v, gp, gn, gv = map(float, sys.argv[1:])
 print(f"\nratios: playlist hits parallax/nginx = {p/n:.2f}x, parallax/varnish = {p/v:.2f}x; "
       f"1 MiB segments parallax/best peer = {gp/max(gn, gv):.2f}x")
 PY
+fi

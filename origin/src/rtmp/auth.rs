@@ -24,6 +24,7 @@ use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use subtle::{Choice, ConstantTimeEq};
 
 use crate::config::AuthConfig;
 
@@ -113,8 +114,8 @@ impl Authorizer {
             let allowed = self
                 .keys
                 .iter()
-                .fold(false, |ok, k| ok | ct_eq(k, req.stream.as_bytes()));
-            if !allowed {
+                .fold(Choice::from(0), |ok, k| ok | k.ct_eq(req.stream.as_bytes()));
+            if !bool::from(allowed) {
                 return Err(AuthError::KeyNotAllowed);
             }
         }
@@ -152,15 +153,6 @@ impl Callback {
             Err(AuthError::CallbackRefused(response.status()))
         }
     }
-}
-
-/// Equality whose running time depends only on the lengths.
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
-    std::hint::black_box(diff) == 0
 }
 
 /// `application/x-www-form-urlencoded` (WHATWG URL §5.2).
