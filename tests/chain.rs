@@ -10,9 +10,10 @@
 #[path = "../origin/tests/support/mod.rs"]
 #[allow(unused_imports)]
 mod origin_support;
+#[path = "../proxy/tests/support/ports.rs"]
+mod ports;
 
 use std::collections::BTreeSet;
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -22,6 +23,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use origin_support::{ffprobe, parse_playlist, require_ffmpeg, temp_dir, wait_for};
+use ports::free_port;
 use tokio::time::Instant;
 
 /// A shipped binary built by `cargo test --workspace` next to this test's directory.
@@ -36,14 +38,6 @@ fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// A child process, SIGKILLed on drop so a failing test leaves nothing running.

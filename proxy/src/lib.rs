@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
-use pingora::{ErrorType, OrErr, Result};
+use pingora::{Error, ErrorType, OrErr, Result};
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{error, info};
 
@@ -64,6 +64,9 @@ pub struct Built {
 /// Builds the pingora server for `config` (validated) with pingora's command-line options
 /// `opt` (`-u` upgrade, `-d` daemon, `-t` test).
 pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
+    if !opt.upgrade {
+        check_listeners_free(config)?;
+    }
     let conf = ServerConf {
         threads: config.threads(),
         grace_period_seconds: Some(config.server.grace_period_secs),
@@ -139,6 +142,32 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
     // `proxy -u` receives the old process's listeners only once it can serve them.
     server.bootstrap();
     Ok(Built { server, shared })
+}
+
+/// Fails with the address and the OS error when a listener's address is taken.
+///
+/// Pingora retries a failed bind for a while and then lets that one service exit while the
+/// rest keep running, so a taken admin or metrics port would otherwise leave a proxy without
+/// its admin API and nothing but an INFO line to say so. Skipped for `-u`: the old process
+/// still holds every address and hands the sockets over.
+fn check_listeners_free(config: &Config) -> Result<()> {
+    let admin = config.admin.enabled.then_some(config.admin.listen.as_str());
+    let metrics = Some(config.metrics.addr.as_str());
+    let tls = config.listen.tls.iter().map(|l| Some(l.addr.as_str()));
+    let addrs = [Some(config.listen.http.as_str()), admin, metrics]
+        .into_iter()
+        .chain(tls)
+        .flatten()
+        .filter(|addr| !addr.is_empty());
+    for addr in addrs {
+        if let Err(e) = std::net::TcpListener::bind(addr) {
+            return Error::e_explain(
+                ErrorType::BindError,
+                format!("cannot listen on {addr}: {e}"),
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Runs the proxy until it is told to stop; returns after a graceful or fast shutdown.

@@ -296,6 +296,35 @@ async fn an_invalid_config_exits_non_zero_with_one_message_naming_the_key() {
 }
 
 #[tokio::test]
+async fn a_taken_admin_port_stops_startup_with_a_message_naming_the_address() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin = taken.local_addr().unwrap();
+    let dir = temp_dir("taken-port");
+    let path = dir.join("proxy.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[admin]\nenabled = true\nlisten = \"{admin}\"\ntoken = \"0123456789abcdef0123\"\n"
+        ),
+    )
+    .unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_proxy"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--upstream", "127.0.0.1:1", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("cannot listen on {admin}")),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
 async fn upstream_and_listen_flags_alone_make_a_working_cache() {
     let origin = Origin::start().await;
     origin.set("/live/1.ts", Reply::ok("segment"));

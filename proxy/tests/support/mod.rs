@@ -22,7 +22,7 @@
 
 use std::collections::HashMap;
 use std::io::Write as _;
-use std::net::{SocketAddr, TcpListener as StdListener};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,18 +33,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+mod ports;
+pub use ports::free_port;
+
 /// Upper bound for any single client exchange in tests.
 pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A loopback port that was free a moment ago (the proxy binds it itself, so we cannot pass a
-/// listener; the window for another process to grab it is tiny).
-pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// A `[[upstreams]]` group named `live` with `primary` (and `backup`) as its origins and active
 /// health checks off, so the origins only see the requests a test makes.
