@@ -16,6 +16,7 @@
 //! - [`metrics`]: the Prometheus registry and the handles the request path updates.
 //! - [`admin`]: the admin API (purge, stats, upstream health, config summary).
 //! - [`tls`]: rustls listeners, certificates by SNI.
+//! - [`kv`]: the key-value store policy modules and the admin API share.
 //!
 //! # Lifecycle
 //!
@@ -26,6 +27,7 @@
 pub mod admin;
 pub mod config;
 pub mod health;
+pub mod kv;
 pub mod metrics;
 pub mod rules;
 pub mod service;
