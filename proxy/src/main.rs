@@ -22,6 +22,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(name = "proxy", version)]
 struct Args {
+    /// Tools instead of running the proxy.
+    #[command(subcommand)]
+    command: Option<Command>,
     /// TOML config file (see proxy.example.toml).
     #[arg(short, long)]
     config: Option<PathBuf>,
@@ -54,8 +57,61 @@ struct Args {
     test: bool,
 }
 
+/// Subcommands: offline tools that do not start the proxy.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Signed tokens for the token-auth policy module.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+/// `proxy token …`
+#[derive(Debug, clap::Subcommand)]
+enum TokenCommand {
+    /// Print a token (or, with --url, a signed URL) the token-auth module accepts.
+    Sign(SignArgs),
+}
+
+/// `proxy token sign`: the same signing code the token-auth module verifies with
+/// (`parallax-token`).
+#[derive(Debug, clap::Args)]
+struct SignArgs {
+    /// The signing key in hex (the module's `key`); prefer --key-file to keep it out of shell
+    /// history.
+    #[arg(
+        long,
+        required_unless_present = "key_file",
+        conflicts_with = "key_file"
+    )]
+    key: Option<String>,
+    /// A file holding the hex key (surrounding whitespace ignored).
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Path pattern the token allows (`*` any run of characters, `?` one); repeat for several.
+    #[arg(long, required = true)]
+    acl: Vec<String>,
+    /// Lifetime in seconds from now (the token's `exp`).
+    #[arg(long, default_value_t = 3600)]
+    ttl: u64,
+    /// Seconds from now before which the token is refused (the token's `st`); omitted by default.
+    #[arg(long)]
+    start_in: Option<u64>,
+    /// An opaque viewer/session id carried in the token (`id`).
+    #[arg(long)]
+    id: Option<String>,
+    /// Print this URL with the token appended as a query parameter instead of the bare token.
+    #[arg(long)]
+    url: Option<String>,
+    /// The query parameter name for --url (the module's `query-name`).
+    #[arg(long, default_value = "__token__")]
+    name: String,
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(command) = &args.command {
+        return run_command(command);
+    }
     let config = match load(&args) {
         Ok(config) => config,
         Err(e) => {
@@ -78,6 +134,51 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn run_command(command: &Command) -> ExitCode {
+    let Command::Token(TokenCommand::Sign(sign)) = command;
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    match token_sign(sign, now_secs) {
+        Ok(out) => {
+            println!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxy token sign: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The token (or signed URL) `proxy token sign` prints for `args` at `now_secs`.
+fn token_sign(args: &SignArgs, now_secs: u64) -> anyhow::Result<String> {
+    let hex = match (&args.key, &args.key_file) {
+        (Some(key), _) => key.clone(),
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?,
+        (None, None) => anyhow::bail!("--key or --key-file is required"),
+    };
+    let key = parallax_token::Key::from_hex(&hex)?;
+    let token = parallax_token::sign(
+        &key,
+        &parallax_token::SignParams {
+            expires_secs: now_secs.saturating_add(args.ttl),
+            start_secs: args.start_in.map(|s| now_secs.saturating_add(s)),
+            acl: args.acl.clone(),
+            id: args.id.clone(),
+        },
+    )?;
+    Ok(match &args.url {
+        Some(url) => {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            let value = parallax_token::locate::percent_encode_query_value(&token);
+            format!("{url}{separator}{}={value}", args.name)
+        }
+        None => token,
+    })
 }
 
 fn load(args: &Args) -> anyhow::Result<Config> {
@@ -135,4 +236,66 @@ fn init_logging(config: &Config, daemon: bool) -> Option<WorkerGuard> {
         LogFormat::Json => builder.json().init(),
     }
     guard
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sign_args(extra: &[&str]) -> SignArgs {
+        let mut argv = vec![
+            "proxy",
+            "token",
+            "sign",
+            "--key",
+            "00112233445566778899aabbccddeeff",
+        ];
+        argv.extend_from_slice(extra);
+        match Args::try_parse_from(argv).unwrap().command {
+            Some(Command::Token(TokenCommand::Sign(args))) => args,
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn token_sign_prints_a_token_the_module_accepts_until_its_ttl_ends() {
+        let out = token_sign(&sign_args(&["--acl", "/live/cam1/*", "--ttl", "60"]), 1000).unwrap();
+        let key = parallax_token::Key::from_hex("00112233445566778899aabbccddeeff").unwrap();
+        let claims =
+            parallax_token::verify(&out, "/live/cam1/a.ts", 1059, std::slice::from_ref(&key))
+                .unwrap();
+        assert_eq!(claims.expires_secs, 1060);
+        assert!(parallax_token::verify(&out, "/live/cam1/a.ts", 1060, &[key]).is_err());
+    }
+
+    #[test]
+    fn token_sign_with_a_url_appends_the_token_as_the_named_parameter() {
+        let args = sign_args(&[
+            "--acl",
+            "/live/*",
+            "--start-in",
+            "5",
+            "--url",
+            "https://cdn.example/live/a.m3u8?x=1",
+            "--name",
+            "tok",
+        ]);
+        let out = token_sign(&args, 1000).unwrap();
+        let (url, token) = out.split_once("&tok=").unwrap();
+        assert_eq!(url, "https://cdn.example/live/a.m3u8?x=1");
+        assert!(
+            token.starts_with("exp=4600~st=1005~acl=/live/*~hmac="),
+            "{token}"
+        );
+    }
+
+    #[test]
+    fn token_sign_refuses_a_short_key_with_a_reason() {
+        let args = SignArgs {
+            key: Some("abcd".into()),
+            ..sign_args(&["--acl", "/*"])
+        };
+        let err = token_sign(&args, 0).unwrap_err().to_string();
+        assert!(err.contains("shorter than 16 bytes"), "{err}");
+    }
 }
