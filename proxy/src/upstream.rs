@@ -128,6 +128,17 @@ pub struct GroupConfig {
     /// The same for playlists (`.m3u8`), which are small and on the latency path of every
     /// player, milliseconds. Default 1000.
     pub playlist_first_byte_timeout_ms: u64,
+    /// While the other origin of the group is healthy, the first attempt on an origin gets this
+    /// much time for its next byte instead of the first-byte timeout above (whichever is
+    /// shorter); then the request goes to the other origin, milliseconds. Default 1000.
+    ///
+    /// This is what bounds a request already in flight when its origin hangs (accepts TCP,
+    /// answers nothing): it waits this long, not the 2 s segment timeout, so with a backup that
+    /// answers within 500 ms no client request takes 1.5 s. Like the first-byte timeout it is
+    /// pingora's per-read timeout, so it also applies to body reads of that attempt. The last
+    /// origin left (no backup, backup down, or a retry) always gets the full timeout. Set it to
+    /// the first-byte timeout or above to turn it off.
+    pub failover_after_ms: u64,
     /// Consecutive failed requests that take an origin down without waiting for active checks.
     /// Default 1: one hung request is the whole price of a hung origin.
     pub passive_failures_to_down: u32,
@@ -149,6 +160,7 @@ impl Default for GroupConfig {
             connect_timeout_ms: 1000,
             first_byte_timeout_ms: 2000,
             playlist_first_byte_timeout_ms: 1000,
+            failover_after_ms: 1000,
             passive_failures_to_down: 1,
             passive_hold_down_ms: 10_000,
             health_check: HealthCheckConfig::default(),
@@ -174,6 +186,7 @@ impl GroupConfig {
                 "playlist_first_byte_timeout_ms",
                 self.playlist_first_byte_timeout_ms,
             ),
+            ("failover_after_ms", self.failover_after_ms),
             ("passive_hold_down_ms", self.passive_hold_down_ms),
         ] {
             if value == 0 {
@@ -581,8 +594,8 @@ impl Group {
     /// (`previous` = `None`) goes to the [`Group::active`] origin; a retry goes to the origin
     /// other than `previous`, the one that just failed. (That failure may already have changed
     /// which origin is active, so a retry cannot be derived from an attempt count.) The peer
-    /// carries the connect timeout, the `kind`'s first-byte timeout as read/write timeout, TLS
-    /// and SNI.
+    /// carries the connect timeout, the `kind`'s first-byte timeout as read/write timeout (cut to
+    /// `failover_after_ms` on a first attempt while the other origin is healthy), TLS and SNI.
     pub fn pick(&self, previous: Option<OriginId>, kind: RequestKind) -> (OriginId, Box<HttpPeer>) {
         let id = match previous {
             None => self.active(),
@@ -595,10 +608,15 @@ impl Group {
             }
             Some(failed) => failed,
         };
-        let first_byte = match kind {
+        let mut first_byte = match kind {
             RequestKind::Playlist => self.config.playlist_first_byte_timeout_ms,
             RequestKind::Media => self.config.first_byte_timeout_ms,
         };
+        // Only worth cutting short when the retry has somewhere healthy to go; a retry is itself
+        // the last attempt (one per origin) and waits the full timeout.
+        if previous.is_none() && self.origins.len() > 1 && self.is_healthy(id.other()) {
+            first_byte = first_byte.min(self.config.failover_after_ms);
+        }
         (id, self.peer(id, Duration::from_millis(first_byte)))
     }
 
@@ -948,6 +966,38 @@ mod tests {
         );
         assert!(segment.is_tls());
         assert_eq!(segment.sni, "origin.example");
+    }
+
+    #[test]
+    fn a_first_segment_attempt_fails_over_early_only_while_the_other_origin_is_healthy() {
+        let read_timeout = |g: &Group, previous| {
+            g.pick(previous, RequestKind::Media)
+                .1
+                .options
+                .read_timeout
+                .unwrap()
+        };
+        let g = group(true, |c| c.failover_after_ms = 700);
+        assert_eq!(read_timeout(&g, None), Duration::from_millis(700));
+        // The retry is the last attempt: it gets the whole first-byte timeout.
+        assert_eq!(
+            read_timeout(&g, Some(OriginId::Primary)),
+            Duration::from_millis(2000)
+        );
+        // A playlist's own timeout is shorter than the failover delay here.
+        let g = group(true, |c| c.failover_after_ms = 1500);
+        let (_, playlist) = g.pick(None, RequestKind::Playlist);
+        assert_eq!(
+            playlist.options.read_timeout,
+            Some(Duration::from_millis(1000))
+        );
+        // Backup down: nowhere better to go, so the primary gets the full timeout.
+        let g = group(true, |c| c.failover_after_ms = 700);
+        g.report_failure(OriginId::Backup, FailureReason::Refused);
+        assert_eq!(read_timeout(&g, None), Duration::from_millis(2000));
+        // No backup at all.
+        let g = group(false, |c| c.failover_after_ms = 700);
+        assert_eq!(read_timeout(&g, None), Duration::from_millis(2000));
     }
 
     #[test]

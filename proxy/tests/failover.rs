@@ -560,3 +560,60 @@ async fn a_sigstopped_primary_costs_no_failed_request_and_none_slower_than_1_5_s
     );
     primary.signal("-CONT");
 }
+
+#[tokio::test]
+async fn a_segment_in_flight_when_the_primary_hangs_is_served_by_the_backup_within_1_5_s() {
+    let dir = temp_dir("sigstop-in-flight");
+    let _live = DiskLive::start(&dir);
+    let primary = PythonOrigin::start(&dir).await;
+    let backup = PythonOrigin::start(&dir).await;
+    let metrics = metrics_addr();
+    // Defaults: segments have a 2 s first-byte timeout, so only `failover_after_ms` (1 s) can
+    // keep this request under 1.5 s.
+    let proxy = Proxy::start(&failover_config(
+        &primary.addr().to_string(),
+        &backup.addr().to_string(),
+        "",
+        metrics,
+    ))
+    .await;
+    let playlist = get(proxy.addr, PLAYLIST).await.unwrap();
+    assert_eq!(playlist.status, 200);
+
+    // The primary hangs with the proxy still counting it healthy; the segment below is not
+    // cached yet, so its origin request goes to the hung primary first.
+    primary.signal("-STOP");
+    let text = scrape(metrics).await;
+    assert_eq!(
+        metric(
+            &text,
+            "parallax_upstream_healthy{group=\"live\",origin=\"primary\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    let mut playback = Playback::default();
+    let body = fetch(
+        proxy.addr,
+        "/live/seg1.ts",
+        Some(&segment_body(1)),
+        &mut playback,
+    )
+    .await;
+    assert!(body.is_some(), "{playback:?}");
+    playback.assert_clean();
+
+    // And the player carrying on meanwhile sees no failure and nothing slow either.
+    let playback = play(proxy.addr, Duration::from_secs(4), |_| {}).await;
+    playback.assert_clean();
+    let text = scrape(metrics).await;
+    assert_eq!(
+        metric(
+            &text,
+            "parallax_upstream_failures_total{group=\"live\",origin=\"primary\",reason=\"first_byte_timeout\"}"
+        ),
+        1.0,
+        "{text}"
+    );
+    primary.signal("-CONT");
+}
