@@ -8,9 +8,19 @@
 //! | `GET /stats`                         | cache sizes and counters                        |
 //! | `GET /upstreams`                     | health of every group and origin                |
 //! | `GET /config`                        | the running configuration, secrets left out     |
+//! | `GET /kv/<key>`                      | the value as `text/plain`, 404 when unset       |
+//! | `PUT /kv/<key>[?ttl_ms=<ms>]`        | sets the value to the request body (UTF-8)      |
+//! | `DELETE /kv/<key>`                   | removes the key                                 |
+//! | `POST /regions/<name>/close`         | sets `region/<name>/state` to `closed`          |
+//! | `POST /regions/<name>/open`          | sets `region/<name>/state` to `open`            |
 //!
 //! `url` is a path (`/live/a/1.ts`), `host/path`, or `http(s)://host/path`; `host=` may be
 //! given separately. Every request needs `Authorization: Bearer <token>`, else 401.
+//!
+//! The `/kv` endpoints reach the same store as policy modules (see [`crate::kv`]); with Redis
+//! configured a change made on one node is seen by every node. `<key>` is the rest of the path,
+//! percent-decoded (`/kv/region/eu/state` is the key `region/eu/state`). A key over 1 KiB or a
+//! value over 64 KiB is 413; Redis unreachable is 503 with the reason, and the write is not made.
 //!
 //! The cache is reached through the [`CacheAdmin`] view so this module does not depend on how
 //! keys are built; [`StorageAdmin`] is that view over [`MokaStorage`].
@@ -18,6 +28,8 @@
 //! ```text
 //! curl -X POST -H "Authorization: Bearer $TOKEN" 'http://127.0.0.1:9090/purge?prefix=/live/main/&host=cdn.example'
 //! curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9090/upstreams
+//! curl -X POST -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9090/regions/eu/close
+//! curl -X PUT -H "Authorization: Bearer $TOKEN" --data-binary 'on' 'http://127.0.0.1:9090/kv/my-module/flag?ttl_ms=60000'
 //! ```
 
 use std::net::SocketAddr;
@@ -34,12 +46,13 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 use tracing::Instrument;
 
+use crate::kv::{self, KvError, KvStore};
 use crate::storage::MokaStorage;
 use crate::upstream::Upstreams;
 
-/// Largest request body read (and discarded): the API takes none, but a client sending one must
-/// not hold the connection hostage.
-const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request body read: a key-value store value (`PUT /kv/...`); the other endpoints take
+/// none, and a client sending more must not hold the connection hostage.
+const MAX_BODY_BYTES: usize = kv::MAX_VALUE_BYTES;
 
 /// Errors of the admin API, named by stage.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -195,19 +208,24 @@ pub struct AdminState {
     pub cache: Arc<dyn CacheAdmin>,
     /// The upstream groups, for their health.
     pub upstreams: Upstreams,
+    /// The key-value store behind `/kv` and `/regions`.
+    pub kv: Arc<dyn KvStore>,
     /// The running configuration with secrets removed, as `GET /config` returns it.
     pub config_summary: serde_json::Value,
 }
 
-/// The admin API as a pingora HTTP app.
+/// The admin API as a pingora HTTP app; clones share one state.
+#[derive(Clone)]
 pub struct AdminApp {
-    state: AdminState,
+    state: Arc<AdminState>,
 }
 
 impl AdminApp {
     /// An app answering from `state`.
     pub fn new(state: AdminState) -> Self {
-        Self { state }
+        Self {
+            state: Arc::new(state),
+        }
     }
 
     /// Whether `authorization` carries the token. The comparison runs in constant time
@@ -221,12 +239,13 @@ impl AdminApp {
         bool::from(self.state.token.as_bytes().ct_eq(given.trim_ascii()))
     }
 
-    /// Answers one request; everything but the body read, so it is testable without a socket.
+    /// Answers one request whose `body` has been read, so it is testable without a socket.
     pub fn handle(
         &self,
         method: &Method,
         uri: &http::Uri,
         authorization: Option<&[u8]>,
+        body: &[u8],
     ) -> Response<Vec<u8>> {
         if !self.authorized(authorization) {
             tracing::warn!("admin request without a valid token");
@@ -239,6 +258,12 @@ impl AdminApp {
             return response;
         }
         let query = uri.query().unwrap_or("");
+        if let Some(key) = uri.path().strip_prefix("/kv/") {
+            return self.kv(method, key, query, body);
+        }
+        if let Some(rest) = uri.path().strip_prefix("/regions/") {
+            return self.region(method, rest);
+        }
         match (method, uri.path()) {
             (&Method::POST, "/purge") => self.purge(query),
             (&Method::GET, "/stats") => json_response(StatusCode::OK, &self.state.cache.stats()),
@@ -251,6 +276,100 @@ impl AdminApp {
                 &json!({"error": "method not allowed"}),
             ),
             _ => json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"})),
+        }
+    }
+
+    /// `GET/PUT/DELETE /kv/<key>`; `raw_key` is still percent-encoded.
+    fn kv(&self, method: &Method, raw_key: &str, query: &str, body: &[u8]) -> Response<Vec<u8>> {
+        let key = percent_decode_path(raw_key);
+        if key.is_empty() {
+            return json_response(StatusCode::BAD_REQUEST, &json!({"error": "empty key"}));
+        }
+        let kv = &self.state.kv;
+        let result = match *method {
+            Method::GET => {
+                return match kv.get(&key) {
+                    Ok(Some(value)) => text_response(value.into_bytes()),
+                    Ok(None) => json_response(
+                        StatusCode::NOT_FOUND,
+                        &json!({"error": "not set", "key": key}),
+                    ),
+                    Err(e) => kv_error_response(&e),
+                };
+            }
+            Method::PUT => {
+                let Ok(value) = std::str::from_utf8(body) else {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": "the value must be UTF-8 text"}),
+                    );
+                };
+                let ttl = match parse_query(query).iter().find(|(k, _)| k == "ttl_ms") {
+                    None => None,
+                    Some((_, ms)) => match ms.parse::<u64>() {
+                        Ok(ms) if ms > 0 => Some(std::time::Duration::from_millis(ms)),
+                        _ => {
+                            return json_response(
+                                StatusCode::BAD_REQUEST,
+                                &json!({"error": "ttl_ms must be a whole number of milliseconds above 0"}),
+                            )
+                        }
+                    },
+                };
+                tracing::info!(key, ttl_ms = ttl.map(|t| t.as_millis() as u64), "kv set");
+                kv.set(&key, value, ttl)
+            }
+            Method::DELETE => {
+                tracing::info!(key, "kv delete");
+                kv.delete(&key)
+            }
+            _ => {
+                return json_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &json!({"error": "method not allowed"}),
+                )
+            }
+        };
+        match result {
+            Ok(()) => json_response(StatusCode::OK, &json!({"ok": true, "key": key})),
+            Err(e) => kv_error_response(&e),
+        }
+    }
+
+    /// `POST /regions/<name>/close|open`: the region-steer module's switch.
+    fn region(&self, method: &Method, rest: &str) -> Response<Vec<u8>> {
+        let Some((name, state)) = rest
+            .rsplit_once('/')
+            .filter(|(_, action)| matches!(*action, "close" | "open"))
+            .map(|(name, action)| (name, if action == "close" { "closed" } else { "open" }))
+        else {
+            return json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"}));
+        };
+        if method != Method::POST {
+            return json_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                &json!({"error": "method not allowed"}),
+            );
+        }
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return json_response(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "region names are 1-64 characters of A-Z a-z 0-9 - _ ."}),
+            );
+        }
+        let key = kv::region_state_key(name);
+        tracing::info!(region = name, state, "region state");
+        match self.state.kv.set(&key, state, None) {
+            Ok(()) => json_response(
+                StatusCode::OK,
+                &json!({"region": name, "state": state, "key": key}),
+            ),
+            Err(e) => kv_error_response(&e),
         }
     }
 
@@ -299,19 +418,20 @@ impl ServeHttp for AdminApp {
         };
         let span = tracing::info_span!("admin", %method, path = uri.path());
         async {
-            // Drain any body so the connection can be reused; refuse absurd ones.
-            let mut read = 0usize;
+            // Read the body (a `/kv` value; drained otherwise so the connection can be reused);
+            // refuse absurd ones.
+            let mut body = Vec::new();
             loop {
                 match session.read_request_body().await {
                     Ok(Some(chunk)) => {
-                        read += chunk.len();
-                        if read > MAX_BODY_BYTES {
+                        if body.len() + chunk.len() > MAX_BODY_BYTES {
                             session.set_keepalive(None);
                             return json_response(
                                 StatusCode::PAYLOAD_TOO_LARGE,
                                 &json!({"error": "request body too large"}),
                             );
                         }
+                        body.extend_from_slice(&chunk);
                     }
                     Ok(None) => break,
                     Err(e) => {
@@ -329,7 +449,23 @@ impl ServeHttp for AdminApp {
                 .headers
                 .get(header::AUTHORIZATION)
                 .map(|v| v.as_bytes().to_vec());
-            self.handle(&method, &uri, authorization.as_deref())
+            // The store is synchronous and a Redis write may wait up to `kv.redis_timeout_ms`:
+            // keep that off this runtime's worker.
+            if uri.path().starts_with("/kv/") || uri.path().starts_with("/regions/") {
+                let app = self.clone();
+                return tokio::task::spawn_blocking(move || {
+                    app.handle(&method, &uri, authorization.as_deref(), &body)
+                })
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "admin kv handler panicked");
+                    json_response(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        &json!({"error": "internal error"}),
+                    )
+                });
+            }
+            self.handle(&method, &uri, authorization.as_deref(), &body)
         }
         .instrument(span)
         .await
@@ -345,6 +481,29 @@ pub fn admin_service(
     let mut service = Service::new("admin".to_string(), AdminApp::new(state));
     service.add_tcp(&config.listen);
     Ok(service)
+}
+
+/// 413 for a key or value over the limits (or a full in-process store), 503 when the backing
+/// store is unreachable, with the reason.
+fn kv_error_response(e: &KvError) -> Response<Vec<u8>> {
+    let status = match e {
+        KvError::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        KvError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    tracing::warn!(error = %e, "kv request failed");
+    json_response(status, &json!({"error": e.to_string()}))
+}
+
+fn text_response(body: Vec<u8>) -> Response<Vec<u8>> {
+    let length = body.len();
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert(header::CONTENT_LENGTH, header::HeaderValue::from(length));
+    response
 }
 
 fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Vec<u8>> {
@@ -401,13 +560,22 @@ fn parse_query(query: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Decodes `%XX` in a path segment (`+` stays a plus, unlike in a query).
+fn percent_decode_path(s: &str) -> String {
+    percent_decode_with(s, false)
+}
+
 fn percent_decode(s: &str) -> String {
+    percent_decode_with(s, true)
+}
+
+fn percent_decode_with(s: &str, plus_is_space: bool) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             b'%' => {
                 let hex = bytes
                     .get(i + 1..i + 3)
@@ -430,6 +598,7 @@ fn percent_decode(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kv::MemoryKv;
     use crate::metrics::Metrics;
     use crate::upstream::GroupConfig;
     use std::sync::Mutex;
@@ -478,6 +647,7 @@ mod tests {
             token: TOKEN.to_string(),
             cache: cache.clone(),
             upstreams,
+            kv: Arc::new(MemoryKv::new(1 << 20)),
             config_summary: json!({"listen": "0.0.0.0:8080"}),
         });
         (app, cache)
@@ -489,10 +659,166 @@ mod tests {
         uri: &str,
         auth: Option<&str>,
     ) -> (StatusCode, serde_json::Value) {
+        let (status, body) = call_with_body(app, method, uri, auth, b"");
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn call_with_body(
+        app: &AdminApp,
+        method: Method,
+        uri: &str,
+        auth: Option<&str>,
+        body: &[u8],
+    ) -> (StatusCode, Vec<u8>) {
         let uri: http::Uri = uri.parse().unwrap();
-        let response = app.handle(&method, &uri, auth.map(str::as_bytes));
-        let status = response.status();
-        (status, serde_json::from_slice(response.body()).unwrap())
+        let response = app.handle(&method, &uri, auth.map(str::as_bytes), body);
+        (response.status(), response.into_body())
+    }
+
+    /// A store whose writes always fail the way a store behind an unreachable Redis does.
+    struct DownKv;
+
+    impl KvStore for DownKv {
+        fn get(&self, _: &str) -> Result<Option<String>, KvError> {
+            Ok(Some("last-known".into()))
+        }
+        fn set(&self, _: &str, _: &str, _: Option<std::time::Duration>) -> Result<(), KvError> {
+            Err(KvError::Unavailable("redis at h:1 is unreachable".into()))
+        }
+        fn compare_and_set(
+            &self,
+            _: &str,
+            _: Option<&str>,
+            _: &str,
+            _: Option<std::time::Duration>,
+        ) -> Result<bool, KvError> {
+            Err(KvError::Unavailable("redis at h:1 is unreachable".into()))
+        }
+        fn delete(&self, _: &str) -> Result<(), KvError> {
+            Err(KvError::Unavailable("redis at h:1 is unreachable".into()))
+        }
+    }
+
+    #[test]
+    fn kv_values_are_put_read_and_deleted_by_path() {
+        let (app, _) = app();
+        let auth = format!("Bearer {TOKEN}");
+        let auth = Some(auth.as_str());
+        let (status, _) = call_with_body(&app, Method::PUT, "/kv/my-module/a%20b+c", auth, b"v 1");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(app.state.kv.get("my-module/a b+c"), Ok(Some("v 1".into())));
+        let (status, body) = call_with_body(&app, Method::GET, "/kv/my-module/a%20b+c", auth, b"");
+        assert_eq!((status, body.as_slice()), (StatusCode::OK, &b"v 1"[..]));
+        let (status, _) = call_with_body(&app, Method::DELETE, "/kv/my-module/a%20b+c", auth, b"");
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = call(&app, Method::GET, "/kv/my-module/a%20b+c", auth);
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body["key"], "my-module/a b+c");
+    }
+
+    #[test]
+    fn kv_put_honours_ttl_ms_and_refuses_bad_input() {
+        let (app, _) = app();
+        let auth = format!("Bearer {TOKEN}");
+        let auth = Some(auth.as_str());
+        let (status, _) = call_with_body(&app, Method::PUT, "/kv/t?ttl_ms=30", auth, b"v");
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(app.state.kv.get("t"), Ok(Some("v".into())));
+        std::thread::sleep(std::time::Duration::from_millis(60));
+        assert_eq!(app.state.kv.get("t"), Ok(None));
+
+        let too_long_key = format!("/kv/{}", "k".repeat(kv::MAX_KEY_BYTES + 1));
+        for (uri, body, want) in [
+            ("/kv/t?ttl_ms=0", &b"v"[..], StatusCode::BAD_REQUEST),
+            ("/kv/t?ttl_ms=soon", b"v", StatusCode::BAD_REQUEST),
+            ("/kv/t", b"\xff\xfe", StatusCode::BAD_REQUEST),
+            ("/kv/", b"v", StatusCode::BAD_REQUEST),
+            (too_long_key.as_str(), b"v", StatusCode::PAYLOAD_TOO_LARGE),
+        ] {
+            assert_eq!(
+                call_with_body(&app, Method::PUT, uri, auth, body).0,
+                want,
+                "{uri}"
+            );
+        }
+        assert_eq!(
+            call_with_body(&app, Method::POST, "/kv/t", auth, b"v").0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            call_with_body(&app, Method::PUT, "/kv/t", None, b"v").0,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+
+    #[test]
+    fn regions_are_closed_and_opened_through_their_state_key() {
+        let (app, _) = app();
+        let auth = format!("Bearer {TOKEN}");
+        let auth = Some(auth.as_str());
+        let (status, body) = call(&app, Method::POST, "/regions/eu-west/close", auth);
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            body,
+            json!({"region": "eu-west", "state": "closed", "key": "region/eu-west/state"})
+        );
+        assert_eq!(
+            app.state.kv.get("region/eu-west/state"),
+            Ok(Some("closed".into()))
+        );
+        call(&app, Method::POST, "/regions/eu-west/open", auth);
+        assert_eq!(
+            app.state.kv.get("region/eu-west/state"),
+            Ok(Some("open".into()))
+        );
+
+        assert_eq!(
+            call(&app, Method::GET, "/regions/eu-west/close", auth).0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            call(&app, Method::POST, "/regions/eu-west/shut", auth).0,
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            call(&app, Method::POST, "/regions/a/b/close", auth).0,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            call(&app, Method::POST, "/regions//close", auth).0,
+            StatusCode::BAD_REQUEST
+        );
+    }
+
+    #[test]
+    fn an_unreachable_store_is_503_with_the_reason_and_reads_still_answer() {
+        let cache = Arc::new(FakeCache::default());
+        let upstreams =
+            Upstreams::new(&[GroupConfig::default()], Arc::new(Metrics::new().unwrap())).unwrap();
+        let app = AdminApp::new(AdminState {
+            token: TOKEN.to_string(),
+            cache,
+            upstreams,
+            kv: Arc::new(DownKv),
+            config_summary: json!({}),
+        });
+        let auth = format!("Bearer {TOKEN}");
+        let auth = Some(auth.as_str());
+        let (status, body) = call(&app, Method::POST, "/regions/eu/close", auth);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            body["error"].as_str().unwrap().contains("unreachable"),
+            "{body}"
+        );
+        assert_eq!(
+            call(&app, Method::DELETE, "/kv/k", auth).0,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let (status, body) = call_with_body(&app, Method::GET, "/kv/k", auth, b"");
+        assert_eq!(
+            (status, body.as_slice()),
+            (StatusCode::OK, &b"last-known"[..])
+        );
     }
 
     #[test]

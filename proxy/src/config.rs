@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::admin::{AdminConfig, AdminError};
+use crate::kv::KvConfig;
 use crate::rules::{default_rules, CacheKeyConfig, CacheRules, RuleConfig, RulesError};
 use crate::upstream::{GroupConfig, UpstreamError};
 
@@ -81,6 +82,9 @@ pub struct Config {
     pub log: LogConfig,
     /// Process-level settings (threads, draining, graceful upgrade).
     pub server: ServerConfig,
+    /// The key-value store policy modules and the admin API share: in-process by default,
+    /// Redis when `kv.redis_url` is set.
+    pub kv: KvConfig,
 }
 
 /// Client-facing listeners.
@@ -409,6 +413,9 @@ impl Config {
         if !self.metrics.addr.is_empty() {
             check_addr("metrics.addr", &self.metrics.addr)?;
         }
+        self.kv
+            .validate()
+            .map_err(|(key, reason)| ConfigError::invalid(format!("kv.{key}"), reason))?;
         if let Some(protection) = &self.origin_protection {
             if http::HeaderName::from_bytes(protection.header.as_bytes()).is_err() {
                 return Err(ConfigError::invalid(
@@ -464,6 +471,9 @@ impl Config {
             if let Some(secret) = value.pointer_mut(pointer) {
                 *secret = serde_json::Value::from("<redacted>");
             }
+        }
+        if let Some(url) = value.pointer_mut("/kv/redis_url") {
+            *url = serde_json::Value::from(self.kv.redacted_url());
         }
         value
     }
@@ -546,6 +556,7 @@ mod tests {
         assert_eq!(config.upstreams[0].playlist_first_byte_timeout_ms, 1000);
         assert_eq!(config.cache.rules, default_rules());
         assert_eq!(config.server.drain_secs, 5);
+        assert_eq!(config.kv, KvConfig::default());
     }
 
     #[test]
@@ -579,6 +590,8 @@ mod tests {
                 "origin_protection.header",
             ),
             ("[limits]\nmax_uri_bytes = 10\n", "limits.max_uri_bytes"),
+            ("[kv]\nredis_url = \"rediss://h\"\n", "kv.redis_url"),
+            ("[kv]\nmax_bytes = 10\n", "kv.max_bytes"),
             ("[[routes]]\ngroup = \"missing\"\n", "routes[0].group"),
             (
                 "[[cache.rules]]\nname = \"only-ts\"\npath_suffixes = [\".ts\"]\n",
@@ -608,6 +621,7 @@ mod tests {
     fn the_summary_leaves_secrets_out() {
         let mut config = minimal();
         config.admin.token = "admin-token-0123456789".into();
+        config.kv.redis_url = "redis://:redis-password-0123@10.0.0.5:6379".into();
         config.origin_protection = Some(OriginProtectionConfig {
             header: "x-origin-verify".into(),
             secret: "cloudfront-secret-0123".into(),
@@ -615,6 +629,8 @@ mod tests {
         let text = config.summary().to_string();
         assert!(!text.contains("admin-token-0123456789"), "{text}");
         assert!(!text.contains("cloudfront-secret-0123"), "{text}");
+        assert!(!text.contains("redis-password-0123"), "{text}");
+        assert!(text.contains("10.0.0.5:6379"), "{text}");
         assert!(text.contains("x-origin-verify"), "{text}");
     }
 
@@ -624,5 +640,6 @@ mod tests {
         let config = Config::from_file(&path).unwrap().validate().unwrap();
         assert_eq!(config.upstreams.len(), 2);
         assert!(config.origin_protection.is_some());
+        assert_eq!(config.kv.redis_url, "redis://127.0.0.1:6379");
     }
 }

@@ -86,6 +86,8 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
     let rules = CacheRules::new(config.cache.rules.clone(), config.cache.key.clone())
         .or_err(ErrorType::InternalError, "cache rules")?;
     let storage = MokaStorage::new(config.cache.max_bytes).leak();
+    let kv = kv::build(&config.kv, metrics.clone())
+        .or_err(ErrorType::InternalError, "key-value store")?;
     metrics.set_cache_stats_source(Box::new(move || {
         let stats = storage.stats();
         CacheStats {
@@ -112,6 +114,7 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
             token: config.admin.token.clone(),
             cache: Arc::new(cache),
             upstreams: upstreams.clone(),
+            kv: kv.clone(),
             config_summary: config.summary(),
         };
         let service = admin::admin_service(&config.admin, state)
@@ -124,6 +127,7 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
         rules,
         metrics,
         readiness: readiness.clone(),
+        kv,
     });
 
     let edge = EdgeProxy::new(config, shared.clone())?;

@@ -83,6 +83,14 @@ pub struct Metrics {
     pub health_checks: IntCounterVec,
     /// Health state changes by `group`, `origin` and `to` (`up`/`down`).
     pub health_transitions: IntCounterVec,
+    /// 1 while the Redis-backed key-value store is connected and in sync, else 0 (stays 0 for
+    /// the in-process store).
+    pub kv_redis_up: IntGauge,
+    /// Redis connection state changes of the key-value store, by `to` (`up`/`down`).
+    pub kv_redis_transitions: IntCounterVec,
+    /// Key-value writes Redis did not take, by `op` and `reason` (`down`, `connect`, `timeout`,
+    /// `io`, `protocol`, `redis_error`).
+    pub kv_write_failures: IntCounterVec,
     cache_stats: OnceLock<CacheStatsSource>,
     /// Evictions already added to `cache_evictions`, so a scrape adds only the difference.
     evictions_seen: Mutex<u64>,
@@ -141,6 +149,16 @@ impl Metrics {
             "Origin health state changes.",
             &["group", "origin", "to"],
         )?;
+        let kv_redis_transitions = counter_vec(
+            "parallax_kv_redis_transitions_total",
+            "Redis connection state changes of the key-value store.",
+            &["to"],
+        )?;
+        let kv_write_failures = counter_vec(
+            "parallax_kv_write_failures_total",
+            "Key-value writes Redis did not take, by operation and reason.",
+            &["op", "reason"],
+        )?;
 
         let counter = |name: &'static str, help: &str| {
             let metric = IntCounter::new(name, help)
@@ -173,6 +191,10 @@ impl Metrics {
         };
         let cache_bytes = gauge("parallax_cache_size_bytes", "Bytes held by the cache.")?;
         let cache_items = gauge("parallax_cache_items", "Objects held by the cache.")?;
+        let kv_redis_up = gauge(
+            "parallax_kv_redis_up",
+            "1 while the Redis-backed key-value store is connected and in sync.",
+        )?;
 
         let name = "parallax_upstream_healthy";
         let upstream_healthy = IntGaugeVec::new(
@@ -214,6 +236,9 @@ impl Metrics {
             upstream_retries,
             health_checks,
             health_transitions,
+            kv_redis_up,
+            kv_redis_transitions,
+            kv_write_failures,
             cache_stats: OnceLock::new(),
             evictions_seen: Mutex::new(0),
         })

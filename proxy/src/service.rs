@@ -57,6 +57,7 @@ use pingora::{ErrorSource, ErrorType};
 use tracing::{info, warn, Span};
 
 use crate::config::{Config, LimitsConfig};
+use crate::kv::KvStore;
 use crate::metrics::Metrics;
 use crate::rules::CacheRules;
 use crate::storage::MokaStorage;
@@ -117,6 +118,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     /// Draining flag behind `/healthz`.
     pub readiness: Arc<Readiness>,
+    /// The key-value store policy modules and the admin API share (`[kv]`).
+    pub kv: Arc<dyn KvStore>,
 }
 
 /// The Parallax [`ProxyHttp`] implementation.
