@@ -9,6 +9,7 @@ declare -A NEED=(
   [ffmpeg]=ffmpeg          # real publisher in tests
   [ffprobe]=ffmpeg         # segment validation in tests
   [python3]=python3        # a real, SIGSTOP-able origin process in the failover tests
+  [redis-server]=redis-server  # the Redis-backed key-value store tests (proxy/tests/kv.rs)
 )
 if [ "${PARALLAX_BENCH:-0}" = 1 ]; then
   NEED[nginx]=nginx; NEED[varnishd]=varnish; NEED[wrk]=wrk; NEED[h2load]=nghttp2-client
