@@ -86,8 +86,14 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
     let rules = CacheRules::new(config.cache.rules.clone(), config.cache.key.clone())
         .or_err(ErrorType::InternalError, "cache rules")?;
     let storage = MokaStorage::new(config.cache.max_bytes).leak();
-    let kv = kv::build(&config.kv, metrics.clone())
+    let kv::Built {
+        store: kv,
+        follower,
+    } = kv::build(&config.kv, metrics.clone())
         .or_err(ErrorType::InternalError, "key-value store")?;
+    if let Some(follower) = follower {
+        server.add_service(follower);
+    }
     metrics.set_cache_stats_source(Box::new(move || {
         let stats = storage.stats();
         CacheStats {

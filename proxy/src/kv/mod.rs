@@ -27,6 +27,7 @@ pub mod resp;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pingora::services::background::{background_service, GenBackgroundService};
 use serde::{Deserialize, Serialize};
 
 pub use memory::MemoryKv;
@@ -174,14 +175,30 @@ impl KvConfig {
     }
 }
 
-/// The store `config` asks for: Redis-backed when `redis_url` is set (started in the
-/// background; an unreachable Redis is not an error), else in-process.
-pub fn build(config: &KvConfig, metrics: Arc<Metrics>) -> Result<Arc<dyn KvStore>, String> {
+/// A store and, for Redis, the background service that keeps its mirror fresh.
+pub struct Built {
+    /// The store to hand to the Wasm host and the admin API.
+    pub store: Arc<dyn KvStore>,
+    /// Add to the pingora server when set (`Server::add_service`).
+    pub follower: Option<GenBackgroundService<redis::RedisFollower>>,
+}
+
+/// The store `config` asks for: Redis-backed when `redis_url` is set (first sync made now; an
+/// unreachable Redis is not an error), else in-process.
+pub fn build(config: &KvConfig, metrics: Arc<Metrics>) -> Result<Built, String> {
     if config.redis_url.is_empty() {
-        return Ok(Arc::new(MemoryKv::new(config.max_bytes)));
+        return Ok(Built {
+            store: Arc::new(MemoryKv::new(config.max_bytes)),
+            follower: None,
+        });
     }
     tracing::info!(redis = %config.redacted_url(), prefix = %config.redis_key_prefix, "key-value store backed by redis");
-    Ok(Arc::new(RedisKv::start(config, metrics)?))
+    let kv = Arc::new(RedisKv::connect(config, metrics)?);
+    let follower = background_service("kv redis follower", redis::RedisFollower(kv.clone()));
+    Ok(Built {
+        store: kv,
+        follower: Some(follower),
+    })
 }
 
 #[cfg(test)]
@@ -279,7 +296,9 @@ mod tests {
 
     #[test]
     fn the_in_process_store_is_built_without_redis() {
-        let kv = build(&KvConfig::default(), Arc::new(Metrics::new().unwrap())).unwrap();
+        let built = build(&KvConfig::default(), Arc::new(Metrics::new().unwrap())).unwrap();
+        assert!(built.follower.is_none());
+        let kv = built.store;
         kv.set(&region_state_key("eu"), "closed", None).unwrap();
         assert_eq!(kv.get("region/eu/state"), Ok(Some("closed".into())));
     }

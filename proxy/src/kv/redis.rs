@@ -21,6 +21,9 @@
 //!
 //! # Writes and outages
 //!
+//! A node makes its first sync while starting, before it serves, so it never serves from an
+//! empty store next to a healthy Redis.
+//!
 //! Writes go to Redis on a small pool of blocking connections, each call bounded by
 //! `redis_timeout_ms` (connect included), and update the local mirror on success so a node
 //! reads its own writes. The background thread owns the up/down state: it notices a closed
@@ -34,9 +37,11 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
+
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 
 use super::memory::{Entry, MemoryKv, ENTRY_OVERHEAD_BYTES};
 use super::resp::{Conn, RespError, Value};
@@ -89,9 +94,6 @@ const FETCH_BATCH: usize = 64;
 const POOL_MAX: usize = 8;
 /// Longest TTL sent to Redis (100 years); longer ones are clamped, as "practically never".
 const MAX_TTL_MS: u128 = 100 * 365 * 24 * 3600 * 1000;
-/// How long [`RedisKv::start`] waits for the first sync, so a node starting next to a healthy
-/// Redis serves its first requests with the fleet's state.
-const FIRST_SYNC_WAIT: Duration = Duration::from_secs(2);
 
 /// Where Redis is: parsed from `redis://[[user]:password@]host[:port][/db]`.
 #[derive(Clone, PartialEq, Eq)]
@@ -245,6 +247,16 @@ fn ttl_arg(ttl: Option<Duration>) -> String {
 /// A key-value store in Redis, read from a local mirror. See the module docs.
 pub struct RedisKv {
     inner: Arc<Inner>,
+    /// The connections of the first sync, handed to the follower thread when it starts.
+    first: Mutex<Option<Synced>>,
+    /// Whether the follower thread was started.
+    follower: AtomicBool,
+}
+
+/// A subscribed connection and a command connection, after a full resync.
+struct Synced {
+    sub: Conn,
+    cmd: Conn,
 }
 
 impl std::fmt::Debug for RedisKv {
@@ -272,14 +284,19 @@ struct Inner {
     pool: Mutex<Vec<(u64, Conn)>>,
     generation: AtomicU64,
     stop: AtomicBool,
+    /// Failed connection attempts since the last success, for logging.
+    failures: AtomicU64,
     metrics: Arc<Metrics>,
 }
 
 impl RedisKv {
-    /// Starts the background thread for `config` (whose `redis_url` must be set and valid) and
-    /// waits up to two seconds for the first sync. Never fails on an unreachable Redis: the store
-    /// starts empty and down, logs why, and keeps retrying.
-    pub fn start(config: &KvConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+    /// Connects to Redis for `config` (whose `redis_url` must be set and valid) and makes the
+    /// first sync on this thread, bounded by a two-second deadline per call, so a node starting
+    /// next to a healthy Redis serves its first requests with the fleet's state. Never fails on
+    /// an unreachable Redis: the store starts empty and down and logs why. Starts no thread:
+    /// call [`RedisKv::spawn_follower`] (pingora forks when daemonizing, and threads do not
+    /// survive a fork, so the proxy does it from a background service; see [`RedisFollower`]).
+    pub fn connect(config: &KvConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
         let target = RedisTarget::parse(&config.redis_url)?;
         let inner = Arc::new(Inner {
             target,
@@ -295,27 +312,78 @@ impl RedisKv {
             pool: Mutex::default(),
             generation: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            failures: AtomicU64::new(0),
             metrics,
         });
         inner.metrics.kv_redis_up.set(0);
-        let (ready_tx, ready_rx) = mpsc::channel();
-        let thread_inner = inner.clone();
-        std::thread::Builder::new()
-            .name("kv-redis".into())
-            .spawn(move || thread_inner.run(ready_tx))
-            .map_err(|e| format!("cannot start the Redis thread: {e}"))?;
-        if ready_rx.recv_timeout(FIRST_SYNC_WAIT).is_err() {
-            tracing::warn!(
-                redis = %inner.target,
-                "no first sync with Redis yet; serving from an empty store until it connects"
-            );
-        }
-        Ok(Self { inner })
+        let first = match inner.connect_and_sync() {
+            Ok(synced) => Some(synced),
+            Err(e) => {
+                inner.failed(&e);
+                None
+            }
+        };
+        Ok(Self {
+            inner,
+            first: Mutex::new(first),
+            follower: AtomicBool::new(false),
+        })
     }
 
-    /// Whether the background thread is connected and in sync.
+    /// Starts the thread that keeps the mirror fresh and reconnects (once; later calls do
+    /// nothing).
+    pub fn spawn_follower(&self) -> Result<(), String> {
+        if self.follower.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let first = self
+            .first
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let inner = self.inner.clone();
+        std::thread::Builder::new()
+            .name("kv-redis".into())
+            .spawn(move || inner.run(first))
+            .map(|_| ())
+            .map_err(|e| format!("cannot start the Redis thread: {e}"))
+    }
+
+    /// [`RedisKv::connect`] then [`RedisKv::spawn_follower`]: for use outside a pingora server.
+    pub fn start(config: &KvConfig, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let kv = Self::connect(config, metrics)?;
+        kv.spawn_follower()?;
+        Ok(kv)
+    }
+
+    /// Whether the store is connected and in sync.
     pub fn is_up(&self) -> bool {
         self.inner.up.load(Ordering::Acquire)
+    }
+
+    /// Stops the background thread (within a tenth of a second).
+    pub fn stop(&self) {
+        self.inner.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The pingora background service that runs a [`RedisKv`]'s follower thread from server start
+/// (after any daemonizing fork) until shutdown.
+pub struct RedisFollower(pub Arc<RedisKv>);
+
+#[async_trait::async_trait]
+impl BackgroundService for RedisFollower {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        if let Err(e) = self.0.spawn_follower() {
+            tracing::error!(error = %e, "key-value store: Redis changes will not be followed");
+            return;
+        }
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                break;
+            }
+        }
+        self.0.stop();
     }
 }
 
@@ -522,31 +590,42 @@ impl Inner {
         was_up
     }
 
-    /// The background thread: connect, sync, follow changes; on failure wait and start over.
-    fn run(self: Arc<Self>, ready: mpsc::Sender<()>) {
-        let mut ready = Some(ready);
-        let mut failures = 0u64;
+    /// Marks Redis down after `e`; logs the first failure after a success at warn, later ones
+    /// at debug.
+    fn failed(&self, e: &RespError) {
+        let why = e.to_string();
+        let was_up = self.mark_down(&why);
+        let failures = if was_up {
+            self.failures.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.failures.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if failures == 1 && !was_up {
+            tracing::warn!(
+                redis = %self.target,
+                error = %why,
+                retry_ms = self.reconnect_interval.as_millis() as u64,
+                "cannot reach redis; key-value writes fail until it answers"
+            );
+        } else if !was_up {
+            tracing::debug!(redis = %self.target, error = %why, failures, "redis still unreachable");
+        }
+    }
+
+    /// The follower thread: follow changes from `first` (or a fresh sync); on failure wait and
+    /// start over.
+    fn run(self: Arc<Self>, first: Option<Synced>) {
+        let mut synced = first;
         while !self.stopped() {
-            match self.session(&mut ready) {
-                Ok(()) => return,
-                Err(e) => {
-                    let why = e.to_string();
-                    let was_up = self.mark_down(&why);
-                    failures = if was_up { 1 } else { failures + 1 };
-                    if failures == 1 && !was_up {
-                        tracing::warn!(
-                            redis = %self.target,
-                            error = %why,
-                            retry_ms = self.reconnect_interval.as_millis() as u64,
-                            "cannot reach redis; key-value writes fail until it answers"
-                        );
-                    } else {
-                        tracing::debug!(redis = %self.target, error = %why, failures, "redis still unreachable");
-                    }
-                }
+            let result = match synced.take() {
+                Some(synced) => Ok(synced),
+                None => self.connect_and_sync(),
             }
-            if let Some(ready) = ready.take() {
-                let _ = ready.send(());
+            .and_then(|synced| self.follow(synced));
+            match result {
+                Ok(()) => return,
+                Err(e) => self.failed(&e),
             }
             let until = Instant::now() + self.reconnect_interval;
             while !self.stopped() && Instant::now() < until {
@@ -555,8 +634,8 @@ impl Inner {
         }
     }
 
-    /// One connected period; returns `Ok` only when asked to stop.
-    fn session(&self, ready: &mut Option<mpsc::Sender<()>>) -> Result<(), RespError> {
+    /// Subscribes, then resyncs (in that order, so no change falls between), then marks up.
+    fn connect_and_sync(&self) -> Result<Synced, RespError> {
         let addrs = self.target.resolve()?;
         *self.addrs.write().unwrap_or_else(PoisonError::into_inner) = addrs.clone();
         let timeout = BACKGROUND_TIMEOUT.max(self.timeout);
@@ -577,11 +656,16 @@ impl Inner {
         }
         let mut cmd = Conn::connect(&addrs, timeout, auth, db)?;
         self.resync(&mut cmd)?;
+        self.failures.store(0, Ordering::Relaxed);
         self.mark_up();
-        if let Some(ready) = ready.take() {
-            let _ = ready.send(());
-        }
+        Ok(Synced { sub, cmd })
+    }
 
+    /// Applies announced changes, pings, resyncs on schedule; returns `Ok` only when asked to
+    /// stop.
+    fn follow(&self, synced: Synced) -> Result<(), RespError> {
+        let Synced { mut sub, mut cmd } = synced;
+        let timeout = BACKGROUND_TIMEOUT.max(self.timeout);
         let mut next_resync = Instant::now() + self.resync_interval;
         let mut next_ping = Instant::now() + PING_INTERVAL;
         let mut awaiting_pong = false;
