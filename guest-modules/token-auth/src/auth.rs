@@ -1,0 +1,425 @@
+//! The authorization decisions, as plain functions of the request, the config and the time.
+
+use parallax_token::{locate, sign, verify, Claims, SignParams, TokenError};
+
+use crate::config::Config;
+use crate::glue::bindings::parallax::policy::types::{
+    Header, HeaderChanges, LocalResponse, Request, RequestAction, Response,
+};
+
+/// The response header naming why a request was refused.
+pub const REASON_HEADER: &str = "x-parallax-auth";
+
+/// Every reason code this module sends in [`REASON_HEADER`] (also its counter labels).
+pub const REASON_CODES: &[&str] = &[
+    "missing",
+    "malformed",
+    "bad-signature",
+    "expired",
+    "not-yet-valid",
+    "path-not-allowed",
+    "misconfigured",
+];
+
+/// Where a request's token was found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The configured query parameter.
+    Query,
+    /// The configured request header.
+    Header,
+    /// The configured cookie.
+    Cookie,
+}
+
+/// Finds the token of `req`: query parameter, then header, then cookie; the first one present
+/// is the one checked.
+pub fn find_token(config: &Config, req: &Request) -> Result<(Source, String), TokenError> {
+    if let Some(name) = &config.query_name {
+        if let Some(raw) = locate::query_param(&req.query, name) {
+            let token = locate::percent_decode(raw).ok_or(TokenError::Malformed(
+                "query token is not valid percent-encoding",
+            ))?;
+            return Ok((Source::Query, token));
+        }
+    }
+    if let Some(name) = &config.header_name {
+        if let Some(h) = req.headers.iter().find(|h| h.name == *name) {
+            return Ok((Source::Header, h.value.trim().to_owned()));
+        }
+    }
+    if let Some(name) = &config.cookie_name {
+        // HTTP/2 clients may split cookies over several `cookie` headers.
+        let found = req
+            .headers
+            .iter()
+            .filter(|h| h.name == "cookie")
+            .find_map(|h| locate::cookie(&h.value, name));
+        if let Some(token) = found {
+            return Ok((Source::Cookie, token.to_owned()));
+        }
+    }
+    Err(TokenError::Missing)
+}
+
+/// Checks `req` at `now_secs`: where its token came from and what it says, or why it is refused.
+pub fn check(
+    config: &Config,
+    req: &Request,
+    now_secs: u64,
+) -> Result<(Source, Claims), TokenError> {
+    let (source, token) = find_token(config, req)?;
+    let claims = verify(&token, &req.path, now_secs, &config.keys)?;
+    Ok((source, claims))
+}
+
+/// The request hook: continue with a valid token, else 403 with the reason. The second value
+/// is the refusal reason for logs and counters.
+pub fn on_request(
+    config: &Config,
+    req: &Request,
+    now_secs: u64,
+) -> (RequestAction, Result<(), String>) {
+    match check(config, req, now_secs) {
+        Ok(_) => (RequestAction::Continue, Ok(())),
+        Err(e) => (forbidden(e.as_str()), Err(e.to_string())),
+    }
+}
+
+/// The answer when the module's own config is broken: refuse (this is an auth module; letting
+/// everyone in is the wrong failure).
+pub fn misconfigured() -> RequestAction {
+    forbidden("misconfigured")
+}
+
+fn forbidden(reason: &str) -> RequestAction {
+    RequestAction::Respond(LocalResponse {
+        status: 403,
+        headers: vec![
+            header(REASON_HEADER, reason),
+            header("content-type", "text/plain; charset=utf-8"),
+            header("cache-control", "no-store"),
+        ],
+        body: format!("forbidden: {reason}\n").into_bytes(),
+    })
+}
+
+/// The response hook: with `session-cookie` on, a 2xx playlist response to a request that
+/// carried its token in the query or a header gets `Set-Cookie` with a token for the
+/// playlist's directory, so the player's segment requests (same directory) need no token in
+/// their URLs. The cookie token expires with the original one: a session never outlives it.
+pub fn on_response(
+    config: &Config,
+    req: &Request,
+    resp: &Response,
+    now_secs: u64,
+) -> HeaderChanges {
+    let mut changes = HeaderChanges {
+        remove: Vec::new(),
+        set: Vec::new(),
+        append: Vec::new(),
+    };
+    if let Some(cookie) = session_cookie(config, req, resp, now_secs) {
+        changes.append.push(header("set-cookie", &cookie));
+    }
+    changes
+}
+
+/// The `Set-Cookie` value for the session cookie, if this response should carry one.
+pub fn session_cookie(
+    config: &Config,
+    req: &Request,
+    resp: &Response,
+    now_secs: u64,
+) -> Option<String> {
+    let name = config
+        .cookie_name
+        .as_deref()
+        .filter(|_| config.session_cookie)?;
+    if !(200..300).contains(&resp.status) || !req.path.ends_with(".m3u8") {
+        return None;
+    }
+    let (source, claims) = check(config, req, now_secs).ok()?;
+    if source == Source::Cookie {
+        return None;
+    }
+    let dir = &req.path[..=req.path.rfind('/')?];
+    let token = sign(
+        &config.keys[0],
+        &SignParams {
+            expires_secs: claims.expires_secs,
+            start_secs: None,
+            acl: vec![format!("{dir}*")],
+            id: claims.id,
+        },
+    )
+    .ok()?;
+    let max_age = claims.expires_secs.saturating_sub(now_secs);
+    let secure = if config.cookie_secure { "; Secure" } else { "" };
+    // SameSite=None: players on another origin (a web page embedding the stream) send it.
+    let same_site = if config.cookie_secure {
+        "; SameSite=None"
+    } else {
+        ""
+    };
+    Some(format!(
+        "{name}={token}; Path={dir}; Max-Age={max_age}; HttpOnly{secure}{same_site}"
+    ))
+}
+
+/// The load-time check beyond parsing the config: a token signed with the configured key
+/// verifies through the same code path requests take, so a module built with broken crypto or
+/// clock arithmetic is rejected before it refuses real viewers.
+pub fn self_test(config: &Config, now_secs: u64) -> Result<(), String> {
+    let params = SignParams {
+        expires_secs: now_secs.saturating_add(60),
+        start_secs: Some(now_secs),
+        acl: vec!["/self-test/*".into()],
+        id: None,
+    };
+    let token = sign(&config.keys[0], &params).map_err(|e| e.to_string())?;
+    let claims =
+        verify(&token, "/self-test/x.ts", now_secs, &config.keys).map_err(|e| e.to_string())?;
+    if claims.key_index != 0 {
+        return Err("self-test token matched the wrong key".into());
+    }
+    match verify(&token, "/other/x.ts", now_secs, &config.keys) {
+        Err(TokenError::PathNotAllowed(_)) => Ok(()),
+        other => Err(format!("self-test: a path outside the acl gave {other:?}")),
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header {
+        name: name.to_owned(),
+        value: value.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use parallax_token::Key;
+
+    const NOW: u64 = 1_764_000_000;
+    const KEY: &str = "00112233445566778899aabbccddeeff";
+    const OLD_KEY: &str = "ffeeddccbbaa99887766554433221100";
+
+    fn config(extra: &[(&str, &str)]) -> Config {
+        let mut entries = vec![("key".to_string(), KEY.to_string())];
+        entries.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        Config::from_entries(&entries).unwrap()
+    }
+
+    fn token(key: &str, acl: &str, exp: u64) -> String {
+        let params = SignParams {
+            expires_secs: exp,
+            start_secs: None,
+            acl: vec![acl.into()],
+            id: None,
+        };
+        sign(&Key::from_hex(key).unwrap(), &params).unwrap()
+    }
+
+    fn request(path: &str, query: &str, headers: &[(&str, &str)]) -> Request {
+        Request {
+            method: "GET".into(),
+            host: "cdn.example".into(),
+            path: path.into(),
+            query: query.into(),
+            headers: headers.iter().map(|(n, v)| header(n, v)).collect(),
+            client_ip: "192.0.2.1".into(),
+            upstream_group: "default".into(),
+        }
+    }
+
+    fn reason(action: &RequestAction) -> Option<String> {
+        match action {
+            RequestAction::Respond(r) => {
+                assert_eq!(r.status, 403);
+                r.headers
+                    .iter()
+                    .find(|h| h.name == REASON_HEADER)
+                    .map(|h| h.value.clone())
+            }
+            RequestAction::Continue => None,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn response(status: u16) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            cache_status: "MISS".into(),
+        }
+    }
+
+    #[test]
+    fn a_valid_query_token_lets_the_request_continue() {
+        let q = format!("a=1&__token__={}", token(KEY, "/live/cam1/*", NOW + 60));
+        let (action, verdict) = on_request(
+            &config(&[]),
+            &request("/live/cam1/index.m3u8", &q, &[]),
+            NOW,
+        );
+        assert_eq!(reason(&action), None);
+        assert!(verdict.is_ok());
+    }
+
+    #[test]
+    fn a_percent_encoded_query_token_is_decoded_before_checking() {
+        let t = token(KEY, "/live/cam1/*", NOW + 60)
+            .replace('=', "%3D")
+            .replace('/', "%2F");
+        let req = request("/live/cam1/index.m3u8", &format!("__token__={t}"), &[]);
+        assert_eq!(reason(&on_request(&config(&[]), &req, NOW).0), None);
+    }
+
+    #[test]
+    fn tokens_in_the_configured_header_and_cookie_are_accepted() {
+        let t = token(KEY, "/live/*", NOW + 60);
+        let c = config(&[("header-name", "X-Edge-Token"), ("cookie-name", "tok")]);
+        let by_header = request("/live/a.ts", "", &[("x-edge-token", &t)]);
+        assert_eq!(check(&c, &by_header, NOW).unwrap().0, Source::Header);
+        let cookie = format!("other=1; tok={t}");
+        let by_cookie = request("/live/a.ts", "", &[("cookie", "a=b"), ("cookie", &cookie)]);
+        assert_eq!(check(&c, &by_cookie, NOW).unwrap().0, Source::Cookie);
+    }
+
+    #[test]
+    fn each_refusal_is_a_403_with_its_reason_code() {
+        let c = config(&[]);
+        let cases = [
+            (request("/live/a.ts", "", &[]), "missing"),
+            (
+                request("/live/a.ts", "__token__=nonsense", &[]),
+                "malformed",
+            ),
+            (request("/live/a.ts", "__token__=%zz", &[]), "malformed"),
+            (
+                request(
+                    "/live/a.ts",
+                    &format!("__token__={}", token(OLD_KEY, "/live/*", NOW + 60)),
+                    &[],
+                ),
+                "bad-signature",
+            ),
+            (
+                request(
+                    "/live/a.ts",
+                    &format!("__token__={}", token(KEY, "/live/*", NOW)),
+                    &[],
+                ),
+                "expired",
+            ),
+            (
+                request(
+                    "/vod/a.ts",
+                    &format!("__token__={}", token(KEY, "/live/*", NOW + 60)),
+                    &[],
+                ),
+                "path-not-allowed",
+            ),
+        ];
+        for (req, expected) in cases {
+            let (action, verdict) = on_request(&c, &req, NOW);
+            assert_eq!(
+                reason(&action).as_deref(),
+                Some(expected),
+                "{}?{}",
+                req.path,
+                req.query
+            );
+            assert!(verdict.is_err());
+            assert!(REASON_CODES.contains(&expected));
+        }
+        assert_eq!(reason(&misconfigured()).as_deref(), Some("misconfigured"));
+    }
+
+    #[test]
+    fn during_key_rotation_tokens_of_both_keys_are_accepted() {
+        let c = config(&[("previous-key", OLD_KEY)]);
+        for key in [KEY, OLD_KEY] {
+            let req = request(
+                "/live/a.ts",
+                &format!("__token__={}", token(key, "/live/*", NOW + 60)),
+                &[],
+            );
+            assert_eq!(reason(&on_request(&c, &req, NOW).0), None);
+        }
+    }
+
+    #[test]
+    fn a_disabled_source_is_not_consulted() {
+        let c = config(&[("query-name", "")]);
+        let req = request(
+            "/live/a.ts",
+            &format!("__token__={}", token(KEY, "/live/*", NOW + 60)),
+            &[],
+        );
+        assert_eq!(
+            reason(&on_request(&c, &req, NOW).0).as_deref(),
+            Some("missing")
+        );
+    }
+
+    #[test]
+    fn a_playlist_fetched_with_a_query_token_sets_a_session_cookie_for_its_directory() {
+        let c = config(&[("session-cookie", "true")]);
+        let req = request(
+            "/live/cam1/index.m3u8",
+            &format!(
+                "__token__={}",
+                token(KEY, "/live/cam1/index.m3u8", NOW + 90)
+            ),
+            &[],
+        );
+        let changes = on_response(&c, &req, &response(200), NOW);
+        assert_eq!(changes.append.len(), 1);
+        let cookie = &changes.append[0];
+        assert_eq!(cookie.name, "set-cookie");
+        assert!(
+            cookie
+                .value
+                .ends_with("; Path=/live/cam1/; Max-Age=90; HttpOnly; Secure; SameSite=None"),
+            "{}",
+            cookie.value
+        );
+        // The cookie's token admits the segments next to the playlist, and nothing else.
+        let (name_value, _) = cookie.value.split_once(';').unwrap();
+        let segment = request("/live/cam1/720p/7.ts", "", &[("cookie", name_value)]);
+        assert_eq!(check(&c, &segment, NOW).unwrap().1.expires_secs, NOW + 90);
+        let elsewhere = request("/live/cam2/7.ts", "", &[("cookie", name_value)]);
+        assert_eq!(
+            check(&c, &elsewhere, NOW).unwrap_err().as_str(),
+            "path-not-allowed"
+        );
+    }
+
+    #[test]
+    fn no_session_cookie_for_segments_errors_cookie_requests_or_when_disabled() {
+        let q = format!("__token__={}", token(KEY, "/live/*", NOW + 60));
+        let on = config(&[("session-cookie", "true")]);
+        let none = |c: &Config, req: &Request, status| {
+            on_response(c, req, &response(status), NOW)
+                .append
+                .is_empty()
+        };
+        assert!(none(&on, &request("/live/a.ts", &q, &[]), 200));
+        assert!(none(&on, &request("/live/a.m3u8", &q, &[]), 404));
+        assert!(none(&on, &request("/live/a.m3u8", "", &[]), 200));
+        let cookie = format!("__token__={}", token(KEY, "/live/*", NOW + 60));
+        assert!(none(
+            &on,
+            &request("/live/a.m3u8", "", &[("cookie", &cookie)]),
+            200
+        ));
+        assert!(none(&config(&[]), &request("/live/a.m3u8", &q, &[]), 200));
+    }
+
+    #[test]
+    fn the_self_test_passes_with_a_good_config() {
+        self_test(&config(&[("previous-key", OLD_KEY)]), NOW).unwrap();
+    }
+}
