@@ -85,41 +85,84 @@ pub struct StorageStats {
     pub in_flight_fills: usize,
 }
 
-/// A [`CacheMeta`] kept half-parsed for fast hits.
+/// A [`CacheMeta`] kept parsed for fast hits.
 ///
 /// pingora's `CacheMeta::deserialize` decompresses and parses the response header on every call
-/// (measured here: ~13 µs per hit unoptimised, 4× the alternative). So only the small internal
-/// part is kept serialized (pingora exposes no other constructor that preserves `updated`, which
-/// the `Age` header derives from) and the header is kept parsed and cloned per hit.
+/// (measured here: ~13 µs per hit unoptimised, 4× the alternative), and even with the header
+/// kept parsed, decoding the small internal part still costs a zstd pass over an empty header
+/// (3.4 % of a playlist-hit profile). So a hit rebuilds the meta with `CacheMeta::new` from the
+/// kept timestamps and the parsed header, and only a meta carrying a variance or an epoch
+/// override (neither of which this proxy sets) goes through the decoder.
+///
+/// `CacheMeta::new` cannot set `updated` (when the object was last revalidated, what `Age` and
+/// freshness count from) nor the provenance pingora carries across refetches, so a refreshed
+/// object gets `updated` as its epoch override: `epoch()`, `age()`, `fresh_sec()` and the `Age`
+/// header are what the decoded meta gives, `created()` is the original admission time, and
+/// `provenance()` falls back to `created()`. pingora reads provenance only as the tombstone of
+/// Vary variants, which this proxy never creates (no `cache_vary_filter`).
 #[derive(Clone)]
 struct StoredMeta {
-    internal: Vec<u8>,
+    times: MetaTimes,
+    /// The serialized internal part, kept only when [`MetaTimes`] cannot rebuild it.
+    internal: Option<Vec<u8>>,
     header: ResponseHeader,
-    /// Serialized size of the header, for the weigher.
-    header_len: usize,
+    /// Serialized size of the internal part and the header, for the weigher.
+    serialized_len: usize,
     /// When the object may be dropped (see [`retain_until`]); `None` = only by size pressure.
     retain_until: Option<SystemTime>,
+}
+
+/// The parts of pingora's internal meta a hit needs.
+#[derive(Clone, Copy)]
+struct MetaTimes {
+    fresh_until: SystemTime,
+    created: SystemTime,
+    updated: SystemTime,
+    stale_while_revalidate_sec: u32,
+    stale_if_error_sec: u32,
 }
 
 impl StoredMeta {
     fn new(meta: &CacheMeta) -> Result<Self> {
         let (internal, header) = meta.serialize()?;
+        let rebuildable = meta.variance().is_none() && meta.epoch_override().is_none();
         Ok(StoredMeta {
-            internal,
+            times: MetaTimes {
+                fresh_until: meta.fresh_until(),
+                created: meta.created(),
+                updated: meta.updated(),
+                stale_while_revalidate_sec: meta.stale_while_revalidate_sec(),
+                stale_if_error_sec: meta.stale_if_error_sec(),
+            },
+            serialized_len: internal.len() + header.len(),
+            internal: (!rebuildable).then_some(internal),
             header: meta.response_header_copy(),
-            header_len: header.len(),
             retain_until: retain_until(meta),
         })
     }
 
     fn to_cache_meta(&self) -> Result<CacheMeta> {
-        let mut meta = CacheMeta::deserialize(&self.internal, headerless()?)?;
-        *meta.response_header_mut() = self.header.clone();
+        if let Some(internal) = &self.internal {
+            let mut meta = CacheMeta::deserialize(internal, headerless()?)?;
+            *meta.response_header_mut() = self.header.clone();
+            return Ok(meta);
+        }
+        let t = &self.times;
+        let mut meta = CacheMeta::new(
+            t.fresh_until,
+            t.created,
+            t.stale_while_revalidate_sec,
+            t.stale_if_error_sec,
+            self.header.clone(),
+        );
+        if t.updated != t.created {
+            meta.set_epoch_override(t.updated);
+        }
         Ok(meta)
     }
 
     fn len(&self) -> usize {
-        self.internal.len() + self.header_len
+        self.serialized_len
     }
 }
 
@@ -1216,6 +1259,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_meta_with_a_variance_round_trips_through_the_decoder() {
+        let store = store(1 << 20);
+        let key = CacheKey::new("example.com/live/a.ts", "");
+        let mut varied = meta(60);
+        varied.set_variance([7u8; 16]);
+        let mut writer = store
+            .get_miss_handler(&key, &varied, &span())
+            .await
+            .unwrap();
+        writer
+            .write_body(Bytes::from_static(b"x"), true)
+            .await
+            .unwrap();
+        writer.finish().await.unwrap();
+        let (hit, _) = store.lookup(&key, &span()).await.unwrap().unwrap();
+        assert_eq!(hit.variance(), Some([7u8; 16]));
+        assert_eq!(hit.created(), varied.created());
+        assert_eq!(hit.fresh_until(), varied.fresh_until());
+        assert_eq!(
+            hit.response_header().headers.get("content-type").unwrap(),
+            "video/mp2t"
+        );
+    }
+
+    #[tokio::test]
     async fn update_meta_refreshes_freshness_and_keeps_the_body() {
         let store = store(1 << 20);
         let key = CacheKey::new("example.com/live/index.m3u8", "");
@@ -1238,9 +1306,12 @@ mod tests {
 
         let (meta, mut reader) = store.lookup(&key, &span()).await.unwrap().unwrap();
         assert!(meta.is_fresh(later));
-        // `updated` is what the Age header counts from after a revalidation.
-        assert_eq!(meta.updated(), revalidated.updated());
-        assert_ne!(meta.updated(), meta.created());
+        // The revalidation time is what the Age header and freshness count from; the admission
+        // time stays.
+        assert_eq!(meta.epoch(), revalidated.updated());
+        assert_eq!(meta.created(), revalidated.created());
+        assert_ne!(meta.epoch(), meta.created());
+        assert_eq!(meta.fresh_sec(), revalidated.fresh_sec());
         assert_eq!(meta.stale_while_revalidate_sec(), 5);
         assert_eq!(meta.stale_if_error_sec(), 10);
         assert_eq!(read_all(&mut reader).await.unwrap(), b"#EXTM3U");
