@@ -265,6 +265,13 @@ pub enum LogFormat {
 pub struct ServerConfig {
     /// Worker threads per listening service. Default 0 = one per CPU.
     pub threads: usize,
+    /// Let idle worker threads steal tasks from busy ones (one shared tokio runtime). Default
+    /// `true`. `false` gives each thread its own runtime, like nginx workers: no cross-thread
+    /// wake-ups, but a connection stays on the thread that accepted it.
+    pub work_stealing: bool,
+    /// Accept tasks per listening socket. Default 1; with `work_stealing = false`, set it to
+    /// `threads` so every thread accepts.
+    pub listener_tasks_per_fd: usize,
     /// After SIGTERM, how long `/healthz` answers 503 while still serving, before the graceful
     /// shutdown starts, in seconds. Default 5: longer than an ALB health-check interval times its
     /// unhealthy threshold should be used in production (e.g. 15 for 5 s × 2 + margin).
@@ -285,6 +292,8 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             threads: 0,
+            work_stealing: true,
+            listener_tasks_per_fd: 1,
             drain_secs: 5,
             grace_period_secs: 5,
             graceful_shutdown_timeout_secs: 5,

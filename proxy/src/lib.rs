@@ -71,6 +71,8 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
     }
     let conf = ServerConf {
         threads: config.threads(),
+        work_stealing: config.server.work_stealing,
+        listener_tasks_per_fd: config.server.listener_tasks_per_fd.max(1),
         grace_period_seconds: Some(config.server.grace_period_secs),
         graceful_shutdown_timeout_seconds: Some(config.server.graceful_shutdown_timeout_secs),
         upgrade_sock: config.server.upgrade_sock.clone(),
