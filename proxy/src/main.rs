@@ -212,7 +212,7 @@ fn load(args: &Args) -> anyhow::Result<Config> {
 }
 
 /// Logs go to stderr through a writer thread, so the access-log line of every request is a
-/// channel send on the request path, not a write syscall. Daemon mode forks after this point and
+/// channel send on the request path, not a write syscall; the thread writes them in batches. Daemon mode forks after this point and
 /// would lose the thread, so it writes synchronously instead.
 fn init_logging(config: &Config, daemon: bool) -> Option<WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -221,9 +221,15 @@ fn init_logging(config: &Config, daemon: bool) -> Option<WorkerGuard> {
         (BoxMakeWriter::new(std::io::stderr), None)
     } else {
         // Not lossy: under overload, requests wait for the log rather than lines vanishing.
+        // Buffered: the writer thread drains every queued line, then flushes, so a busy proxy
+        // writes its log in large writes instead of one syscall per request, and a quiet one
+        // still shows each line at once.
         let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
             .lossy(false)
-            .finish(std::io::stderr());
+            .finish(std::io::BufWriter::with_capacity(
+                64 * 1024,
+                std::io::stderr(),
+            ));
         (BoxMakeWriter::new(writer), Some(guard))
     };
     // Colour codes only for a terminal, not for log files and collectors.

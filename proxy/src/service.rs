@@ -300,7 +300,10 @@ impl ProxyHttp for EdgeProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let req = session.req_header();
         let path = req.uri.path().to_owned();
-        ctx.span = tracing::info_span!(
+        // A debug span: at the default `info` level it is disabled and costs nothing. The
+        // access line carries the same fields, and an info span formatted its fields for every
+        // request (the access log cost 35 % more CPU per playlist hit with it).
+        ctx.span = tracing::debug_span!(
             "request",
             method = %req.method,
             path = %path,
@@ -543,7 +546,16 @@ impl ProxyHttp for EdgeProxy {
         }
         if status >= 500 {
             let origin = ctx.origin.map(|(o, _)| o.as_str());
-            warn!(parent: &ctx.span, error = %e, status, origin, "proxy error");
+            let req = session.req_header();
+            warn!(
+                parent: &ctx.span,
+                method = %req.method,
+                path = %req.uri.path(),
+                error = %e,
+                status,
+                origin,
+                "proxy error"
+            );
         }
         let written = async {
             let mut resp = ResponseHeader::build(status, Some(4))?;
@@ -604,6 +616,7 @@ impl ProxyHttp for EdgeProxy {
             target: "access",
             method = %req.method,
             path = %req.uri.path(),
+            client = session.client_addr().map(tracing::field::display),
             status,
             cache,
             group = self.group(ctx).name(),
