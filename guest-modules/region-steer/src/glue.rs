@@ -1,0 +1,121 @@
+//! The component's exports and the host-backed [`Env`]: thin wrappers around [`crate::steer`].
+
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+use crate::config::Config;
+use crate::steer::{self, Env, Memory};
+
+/// The bindings wit-bindgen generates for this module's world.
+pub mod bindings {
+    wit_bindgen::generate!({
+        inline: r#"
+            package parallax:region-steer;
+            world region-steer {
+                include parallax:policy/host@0.1.0;
+                export parallax:policy/request-hook@0.1.0;
+                export parallax:policy/response-hook@0.1.0;
+                export parallax:policy/self-test@0.1.0;
+            }
+        "#,
+        path: "../../wit",
+        // Interfaces of another package (ours, parallax:policy) are generated here too.
+        generate_all,
+        // Tests compare decisions whole.
+        additional_derives: [PartialEq],
+    });
+}
+
+use bindings::exports::parallax::policy::{request_hook, response_hook, self_test};
+use bindings::parallax::policy::types::{HeaderChanges, Request, RequestAction, Response};
+use bindings::parallax::policy::{config, counters, kv, log, upstreams};
+
+/// The config is fixed for a loaded module version, so one parse per instance is enough.
+fn config() -> &'static Result<Config, String> {
+    static CONFIG: OnceLock<Result<Config, String>> = OnceLock::new();
+    CONFIG.get_or_init(|| Config::from_entries(&config::entries()))
+}
+
+thread_local! {
+    /// Region states seen by this instance, for when the store is unreachable. Lost with the
+    /// instance; a new one starts from "open" until it reads the store.
+    static MEMORY: RefCell<Memory> = RefCell::new(Memory::default());
+}
+
+struct HostEnv;
+
+impl Env for HostEnv {
+    fn kv_get(&mut self, key: &str) -> Result<Option<String>, String> {
+        kv::get(key).map_err(|e| match e {
+            kv::KvError::Unavailable(why) => why,
+            kv::KvError::TooLarge => "key too large".into(),
+        })
+    }
+    fn group_healthy(&mut self, group: &str) -> Option<bool> {
+        upstreams::group(group).map(|g| g.active != "none")
+    }
+    fn warn(&mut self, message: &str) {
+        log::log(log::Level::Warn, message);
+    }
+}
+
+// Natively (unit tests) nothing exports it; the impls still compile so type errors show up.
+#[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
+struct RegionSteer;
+
+impl request_hook::Guest for RegionSteer {
+    fn on_request(req: Request) -> RequestAction {
+        let Ok(config) = config() else {
+            // Steering is an optimisation: with a broken config the request goes on unchanged.
+            counters::add("misconfigured", 1);
+            return RequestAction::Continue;
+        };
+        let decision =
+            MEMORY.with(|m| steer::decide(config, &req, &mut HostEnv, &mut m.borrow_mut()));
+        if decision.kv_unavailable {
+            counters::add("kv-unavailable", 1);
+        }
+        if decision.none_usable {
+            counters::add("no-usable-region", 1);
+        }
+        let action = steer::action(config, &req, &decision);
+        match &action {
+            RequestAction::Redirect(_) => counters::add("redirected", 1),
+            _ if decision.chosen != decision.home => counters::add("steered", 1),
+            _ => {}
+        }
+        action
+    }
+}
+
+impl response_hook::Guest for RegionSteer {
+    fn on_response(req: Request, resp: Response) -> HeaderChanges {
+        match config() {
+            Ok(config) => steer::on_response(config, &req, &resp),
+            Err(_) => HeaderChanges {
+                remove: Vec::new(),
+                set: Vec::new(),
+                append: Vec::new(),
+            },
+        }
+    }
+}
+
+impl self_test::Guest for RegionSteer {
+    fn run() -> Result<(), String> {
+        let config = config().as_ref().map_err(Clone::clone)?;
+        for region in &config.regions {
+            if upstreams::group(&region.group).is_none() {
+                return Err(format!(
+                    "region {}: upstream group {:?} is not in the proxy config",
+                    region.name, region.group
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+// Only in the component: export names are not valid symbols for a native shared library.
+#[cfg(target_arch = "wasm32")]
+bindings::export!(RegionSteer with_types_in bindings);
