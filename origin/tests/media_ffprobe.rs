@@ -162,9 +162,27 @@ fn segments_of_an_ffmpeg_stream_pass_ffprobe_and_decode_cleanly() {
             "{path}: ffprobe says {duration} s"
         );
 
+        // `-enc_time_base:v -1` keeps each frame's own 90 kHz timestamp. By default ffmpeg
+        // rebases a lone segment on its earliest timestamp — audio, which starts up to one
+        // composition offset before the first video frame is presented — and rounds frame times
+        // to 1/30 s: with RTMP's millisecond timestamps half a frame off that grid, two frames
+        // 33 ms apart can round to the same tick, and the null muxer prints "non monotonically
+        // increasing dts" for frames whose timestamps do increase (`-copyts` avoids it too).
+        // The packet timestamps themselves are checked in `packet_timestamps_are_monotonic...`.
         let decode = run(
             "ffmpeg",
-            &["-nostdin", "-v", "error", "-i", path, "-f", "null", "-"],
+            &[
+                "-nostdin",
+                "-v",
+                "error",
+                "-i",
+                path,
+                "-enc_time_base:v",
+                "-1",
+                "-f",
+                "null",
+                "-",
+            ],
             Duration::from_secs(30),
         );
         assert!(decode.status.success(), "ffmpeg could not decode {path}");
@@ -185,4 +203,82 @@ fn a_packager_joining_an_ffmpeg_stream_late_writes_the_same_segments() {
     let joined = package(&flv, 1500);
     assert_eq!(joined.len(), 1);
     assert_eq!(joined[0], all[2]);
+}
+
+/// `(is_video, pts, dts)` of every packet of a TS file, in file order, in 90 kHz ticks.
+fn packet_timestamps(path: &str) -> Vec<(bool, i64, i64)> {
+    let probe = run(
+        "ffprobe",
+        &[
+            "-v",
+            "error",
+            "-show_entries",
+            "packet=codec_type,pts,dts",
+            "-of",
+            "csv=p=0",
+            path,
+        ],
+        Duration::from_secs(30),
+    );
+    assert!(probe.status.success(), "ffprobe failed on {path}");
+    String::from_utf8_lossy(&probe.stdout)
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            (
+                fields[0] == "video",
+                fields[1].parse().unwrap(),
+                fields[2].parse().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn packet_timestamps_are_monotonic_and_audio_continues_across_cuts() {
+    let dir = TempDir::new("media-packets");
+    let flv = make_flv(&dir.0);
+    let segments = package(&flv, 0);
+    // One AAC frame: 1024 samples at 44.1 kHz, in 90 kHz ticks; FLV rounds stamps to 1 ms.
+    let aac_frame = 1024 * 90_000 / 44_100;
+    let mut last_audio: Option<i64> = None;
+    for segment in &segments {
+        let path = dir.0.join(&segment.info.name);
+        std::fs::write(&path, &segment.data).unwrap();
+        let packets = packet_timestamps(path.to_str().unwrap());
+        let video: Vec<(i64, i64)> = packets.iter().filter(|p| p.0).map(|p| (p.1, p.2)).collect();
+        let audio: Vec<i64> = packets.iter().filter(|p| !p.0).map(|p| p.1).collect();
+        let name = &segment.info.name;
+
+        assert!(
+            video.windows(2).all(|w| w[1].1 > w[0].1),
+            "{name}: video DTS"
+        );
+        assert!(
+            video.iter().all(|(pts, dts)| pts >= dts),
+            "{name}: PTS < DTS"
+        );
+        assert_eq!(
+            u64::try_from(video[0].0).unwrap(),
+            segment.info.first_pts_90k,
+            "{name}: first video PTS"
+        );
+        assert!(audio.windows(2).all(|w| w[1] > w[0]), "{name}: audio PTS");
+        // The cut is at the keyframe's arrival: its audio starts at that keyframe's decode time,
+        // before the keyframe is presented (x264 puts B-frames in this stream).
+        assert!(
+            audio[0] >= video[0].1 && audio[0] < video[0].0,
+            "{name}: {audio:?}"
+        );
+        if let Some(last) = last_audio {
+            // No AAC frame lost or repeated at the cut.
+            assert!(
+                (audio[0] - last - aac_frame).abs() <= 90,
+                "{name}: audio jumps from {last} to {}",
+                audio[0]
+            );
+        }
+        last_audio = audio.last().copied();
+    }
 }

@@ -44,9 +44,12 @@
 //!
 //! Every published segment begins at such a keyframe and lasts until the next one (EXTINF is
 //! the difference of the two keyframe timestamps). It carries the video frames in between and
-//! the audio stamped from its keyframe's PTS to the next one's (with B-frames a keyframe is
-//! presented after audio that arrives after it), so sequence, name, EXTINF, PTS and bytes agree
-//! across origins. No local counter and no wall clock enters the numbering.
+//! the audio that arrives between the two keyframes (publishers interleave by timestamp, so: the
+//! audio stamped from its keyframe's DTS to the next one's), so sequence, name, EXTINF, PTS and
+//! bytes agree across origins fed the same stream. Cutting at the keyframe's arrival lets a
+//! segment be listed the moment its closing keyframe arrives; with B-frames its audio then starts
+//! up to one composition offset before its first video frame is presented, as in nginx-rtmp's
+//! and ffmpeg's HLS segments. No local counter and no wall clock enters the numbering.
 //!
 //! Encoder requirement: the keyframe interval must divide `T` (2 s at 30 fps: `keyint=60`, or 30,
 //! …). A longer interval leaves slots without a keyframe: the segment then runs to the next

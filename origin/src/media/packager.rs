@@ -1,9 +1,9 @@
 //! One live stream's packaging: FLV tag bodies in, finished MPEG-TS segments out.
 //!
 //! [`Packager`] ties the stages of this module together for one stream and survives encoder
-//! reconnects. It holds the open segment (bounded by the keyframe timeout below), briefly the
-//! one before it (until audio reaches the new segment's first PTS), and no history: the caller
-//! lists the [`Segment`]s it returns, e.g. in a
+//! reconnects. It holds the open segment (bounded by the keyframe timeout below) and no
+//! history: the keyframe that closes a segment hands it out at once, and the caller lists the
+//! [`Segment`]s it returns, e.g. in a
 //! [`LiveWindow`](super::playlist::LiveWindow).
 
 use bytes::Bytes;
@@ -89,16 +89,6 @@ struct OpenSegment {
     last_video_ms: i64,
 }
 
-/// A segment whose video ended at the last cut but which still takes the audio stamped before
-/// that cut's keyframe is *presented* (see [`Packager::push_audio`]).
-#[derive(Debug)]
-struct Closing {
-    segment: Option<OpenSegment>,
-    end_ms: i64,
-    /// Audio stamped before this belongs to `segment` (or, if it was not published, nowhere).
-    audio_until_ms: i64,
-}
-
 /// Packages one live stream; see the [module doc of `media`](super) for the rules it follows.
 #[derive(Debug)]
 pub struct Packager {
@@ -108,7 +98,6 @@ pub struct Packager {
     avc: Option<AvcConfig>,
     aac: Option<AacConfig>,
     open: Option<OpenSegment>,
-    closing: Option<Closing>,
     /// Finished segments not yet handed out; every public call returns them.
     pending: Vec<Segment>,
     /// Timeline position of the last keyframe (or of the timeline's first frame).
@@ -131,7 +120,6 @@ impl Packager {
             avc: None,
             aac: None,
             open: None,
-            closing: None,
             pending: Vec::new(),
             keyframe_wait_from_ms: None,
             last_video: None,
@@ -165,8 +153,8 @@ impl Packager {
     }
 
     /// An FLV VIDEODATA tag body (what an RTMP video message carries) at RTMP time `ts_ms`.
-    /// Returns the segments finished by now: a segment is finished once the keyframe that
-    /// starts the next one has arrived and audio or video has reached that keyframe's PTS.
+    /// Returns the segments finished by now: a segment is finished by the arrival of the
+    /// keyframe that starts the next one.
     ///
     /// Errors leave the packager usable, but the caller should treat them as fatal for the
     /// publish: they mean the codec is wrong or the encoder sends broken data.
@@ -194,11 +182,14 @@ impl Packager {
 
     /// An FLV AUDIODATA tag body at RTMP time `ts_ms`.
     ///
-    /// Audio is split between segments at the PTS of the keyframe that starts the next one,
-    /// not at its arrival: with B-frames that keyframe is presented a few frames after it is
-    /// decoded, and audio stamped in between belongs with the video presented before it. So
-    /// every segment's audio starts at its first video frame's PTS, whichever origin wrote it.
-    /// Audio before the first keyframe has no segment and is dropped.
+    /// Audio goes to the segment open when it arrives: segments are split at the *decode* time
+    /// of the keyframe that starts the next one, the order the publisher interleaves in. With
+    /// B-frames that keyframe is presented a few frames later, so a segment's audio may start up
+    /// to that composition offset before its first video frame is shown (nginx-rtmp and
+    /// ffmpeg's HLS muxer cut the same way). Splitting at the keyframe's PTS instead would hold
+    /// every finished segment back until audio reached that PTS (67 ms with x264's defaults),
+    /// in front of a latency goal of 50 ms. Audio before the first keyframe has no segment and
+    /// is dropped.
     pub fn push_audio(&mut self, ts_ms: u32, tag: &[u8]) -> Result<Vec<Segment>, MediaError> {
         let raw = match flv::parse_audio_tag(tag)? {
             AudioTag::SequenceHeader(asc) => {
@@ -212,14 +203,7 @@ impl Packager {
         let t = self.timeline.unwrap(ts_ms);
         self.check_keyframe_wait(t)?;
         self.segmenter.on_frame(t);
-        let target = match &mut self.closing {
-            Some(closing) if t < closing.audio_until_ms => closing.segment.as_mut(),
-            _ => {
-                self.finish_closing();
-                self.open.as_mut()
-            }
-        };
-        if let Some(segment) = target.filter(|segment| segment.with_audio) {
+        if let Some(segment) = self.open.as_mut().filter(|segment| segment.with_audio) {
             self.scratch.clear();
             self.scratch.extend_from_slice(&header);
             self.scratch.extend_from_slice(raw);
@@ -233,7 +217,6 @@ impl Packager {
     /// and the next keyframe starts a segment with EXT-X-DISCONTINUITY on a new timeline.
     /// Numbering continues monotonically. Calling it again before new media changes nothing.
     pub fn discontinuity(&mut self) {
-        self.finish_closing();
         if let Some(open) = self.open.take() {
             // No next keyframe will come: the segment ends one frame after its last video frame.
             let frame_ms = self.last_video.map_or(0, |(_, step)| step.max(0));
@@ -268,13 +251,10 @@ impl Packager {
         if keyframe {
             self.keyframe_wait_from_ms = Some(t);
             if let KeyframeDecision::Start(start) = self.segmenter.on_keyframe(t) {
-                // A segment shorter than the keyframe's composition offset: nothing more to wait for.
-                self.finish_closing();
-                self.closing = Some(Closing {
-                    segment: self.open.take(),
-                    end_ms: t,
-                    audio_until_ms: pts_ms,
-                });
+                if let Some(done) = self.open.take() {
+                    let done = self.close(done, t);
+                    self.pending.push(done);
+                }
                 if start.publish {
                     self.open = Some(OpenSegment {
                         start,
@@ -296,15 +276,6 @@ impl Packager {
                 .write_video(to_90k(pts_ms), to_90k(t), keyframe, annex_b);
             open.last_video_ms = t;
         }
-        // Audio is interleaved by decode time, so once video is decoded up to the cut's PTS
-        // the audio before it has arrived too.
-        if self
-            .closing
-            .as_ref()
-            .is_some_and(|closing| t >= closing.audio_until_ms)
-        {
-            self.finish_closing();
-        }
         Ok(std::mem::take(&mut self.pending))
     }
 
@@ -321,19 +292,6 @@ impl Packager {
             });
         }
         Ok(())
-    }
-
-    /// Hands the closing segment (if it was published) to `pending`.
-    fn finish_closing(&mut self) {
-        if let Some(Closing {
-            segment: Some(segment),
-            end_ms,
-            ..
-        }) = self.closing.take()
-        {
-            let done = self.close(segment, end_ms);
-            self.pending.push(done);
-        }
     }
 
     /// Turns a segment ending at `end_ms` into its final form; numbering now stands at it.
@@ -525,19 +483,42 @@ mod tests {
     }
 
     #[test]
-    fn audio_is_split_at_the_presentation_time_of_the_cutting_keyframe() {
+    fn audio_is_split_at_the_arrival_of_the_cutting_keyframe() {
         let mut packager = Packager::new(PackagerOptions::default());
         started(&mut packager);
-        let segments = feed(&mut packager, &stream(0, 4100));
-        let cut = segments[1].info.first_pts_90k;
-        assert_eq!(cut, (2000 + 33 + 10_000) * 90);
+        let segments = feed(&mut packager, &stream(0, 6100));
+        assert_eq!(segments[1].info.first_pts_90k, (2000 + 33 + 10_000) * 90);
         let first = audio_pts(&segments[0].data);
         let second = audio_pts(&segments[1].data);
-        // The AAC frame stamped 2020 ms arrives after the keyframe (2000 ms) but is presented
-        // before it (2033 ms), so it closes the first segment.
-        assert_eq!(first.last(), Some(&((2020 + 10_000) * 90)));
-        assert!(second.iter().all(|pts| *pts >= cut));
-        assert_eq!(second.first(), Some(&((2043 + 10_000) * 90)));
+        // The AAC frame stamped 2020 ms arrives after the keyframe (2000 ms), so it opens the
+        // second segment although that keyframe is presented later (2033 ms).
+        assert_eq!(first.last(), Some(&((1996 + 10_000) * 90)));
+        assert_eq!(second.first(), Some(&((2020 + 10_000) * 90)));
+        // Every AAC frame up to the last cut is in exactly one segment, in order.
+        let all: Vec<u64> = segments.iter().flat_map(|s| audio_pts(&s.data)).collect();
+        let expected: Vec<u64> = (0..)
+            .map(|i: u64| (i * 1024 * 1000 / 44_100 + 10_000) * 90)
+            .take_while(|pts| *pts < (6000 + 10_000) * 90)
+            .collect();
+        assert_eq!(all, expected);
+    }
+
+    #[test]
+    fn a_segment_is_handed_out_by_the_keyframe_that_closes_it() {
+        let mut packager = Packager::new(PackagerOptions::default());
+        started(&mut packager);
+        let tags = stream(0, 2100);
+        let cut = tags
+            .iter()
+            .position(|(ts, is_video, _)| *ts == 2000 && *is_video)
+            .unwrap();
+        assert!(feed(&mut packager, &tags[..cut]).is_empty());
+        // Nothing stamped after the keyframe is waited for: with B-frames (composition offset
+        // 33 ms here) the segment is final when its closing keyframe arrives.
+        let (ts, _, keyframe) = &tags[cut];
+        let out = packager.push_video(*ts, keyframe).unwrap();
+        assert_eq!(summary(&out), vec![(0, 0, false, 2000)]);
+        assert!(feed(&mut packager, &tags[cut + 1..]).is_empty());
     }
 
     #[test]
