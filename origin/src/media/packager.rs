@@ -104,7 +104,7 @@ pub struct Packager {
     keyframe_wait_from_ms: Option<i64>,
     /// Last video DTS and the step to it, to estimate the last frame's duration at the end.
     last_video: Option<(i64, i64)>,
-    /// Reused conversion buffer.
+    /// Reused buffer for the Annex B form of a video frame.
     scratch: Vec<u8>,
     /// Numbering after the last segment handed out (or as restored).
     numbering: Option<NumberingState>,
@@ -204,10 +204,7 @@ impl Packager {
         self.check_keyframe_wait(t)?;
         self.segmenter.on_frame(t);
         if let Some(segment) = self.open.as_mut().filter(|segment| segment.with_audio) {
-            self.scratch.clear();
-            self.scratch.extend_from_slice(&header);
-            self.scratch.extend_from_slice(raw);
-            segment.writer.write_audio(to_90k(t), &self.scratch);
+            segment.writer.write_audio(to_90k(t), &header, raw);
         }
         Ok(std::mem::take(&mut self.pending))
     }

@@ -73,7 +73,7 @@ impl TsWriter {
     /// 33 bits here). The first packet carries the PCR and, for a keyframe,
     /// `random_access_indicator`.
     pub fn write_video(&mut self, pts: u64, dts: u64, keyframe: bool, annex_b: &[u8]) {
-        let header = pes_header(STREAM_ID_VIDEO, pts, Some(dts), None);
+        let header = PesHeader::new(STREAM_ID_VIDEO, pts, Some(dts), None);
         let first = AdaptationFlags {
             discontinuity: !self.video_started,
             random_access: keyframe,
@@ -81,13 +81,17 @@ impl TsWriter {
         };
         self.video_started = true;
         let mut cc = self.video_cc;
-        self.write_pes(VIDEO_PID, &mut cc, first, &header, annex_b);
+        self.write_pes(VIDEO_PID, &mut cc, first, header.as_bytes(), annex_b);
         self.video_cc = cc;
     }
 
-    /// Writes one ADTS frame as a PES; `pts` in 90 kHz ticks.
-    pub fn write_audio(&mut self, pts: u64, adts: &[u8]) {
-        let header = pes_header(STREAM_ID_AUDIO, pts, None, Some(adts.len()));
+    /// Writes one AAC frame as a PES: its ADTS header, then the raw frame; `pts` in 90 kHz
+    /// ticks.
+    pub fn write_audio(&mut self, pts: u64, adts_header: &[u8; 7], raw: &[u8]) {
+        let es_len = adts_header.len() + raw.len();
+        let mut header = PesHeader::new(STREAM_ID_AUDIO, pts, None, Some(es_len));
+        // The ADTS header travels with the PES header, so the frame is copied once.
+        header.extend(adts_header);
         let first = AdaptationFlags {
             discontinuity: !self.audio_started,
             // Every AAC frame decodes on its own.
@@ -96,7 +100,7 @@ impl TsWriter {
         };
         self.audio_started = true;
         let mut cc = self.audio_cc;
-        self.write_pes(AUDIO_PID, &mut cc, first, &header, adts);
+        self.write_pes(AUDIO_PID, &mut cc, first, header.as_bytes(), raw);
         self.audio_cc = cc;
     }
 
@@ -107,11 +111,8 @@ impl TsWriter {
 
     fn write_section(&mut self, pid: u16, section: &[u8]) {
         // pointer_field 0: the section starts right after it.
-        let mut payload = Vec::with_capacity(section.len() + 1);
-        payload.push(0);
-        payload.extend_from_slice(section);
         let mut cc = 0;
-        self.write_packet(pid, true, &mut cc, AdaptationFlags::NONE, &payload);
+        self.write_packet(pid, true, &mut cc, AdaptationFlags::NONE, &[0], section);
     }
 
     fn write_pes(
@@ -122,32 +123,29 @@ impl TsWriter {
         header: &[u8],
         es: &[u8],
     ) {
-        // Stitch header and payload without copying the payload: the first packet takes the
-        // header plus as much payload as fits.
-        let mut first_payload = Vec::with_capacity(PACKET_SIZE);
-        first_payload.extend_from_slice(header);
-        let room = PACKET_SIZE - 4 - first.len() - header.len();
-        let take = room.min(es.len());
-        first_payload.extend_from_slice(&es[..take]);
-        self.write_packet(pid, true, cc, first, &first_payload);
-        let mut rest = &es[take..];
+        // The first packet takes the header plus as much payload as fits.
+        let mut rest = es;
+        let used = self.write_packet(pid, true, cc, first, header, rest);
+        rest = &rest[used..];
         while !rest.is_empty() {
-            let used = self.write_packet(pid, false, cc, AdaptationFlags::NONE, rest);
+            let used = self.write_packet(pid, false, cc, AdaptationFlags::NONE, &[], rest);
             rest = &rest[used..];
         }
     }
 
-    /// Writes one packet with as much of `payload` as fits (stuffing the adaptation field when
-    /// it is short) and returns how many payload bytes it took.
+    /// Writes one packet carrying all of `head` (which must fit) and then as much of `payload`
+    /// as fits, stuffing the adaptation field when they are short; returns how many `payload`
+    /// bytes it took. Taking the two parts separately spares a per-packet staging copy.
     fn write_packet(
         &mut self,
         pid: u16,
         start: bool,
         cc: &mut u8,
         flags: AdaptationFlags,
+        head: &[u8],
         payload: &[u8],
     ) -> usize {
-        let room = PACKET_SIZE - 4 - flags.len();
+        let room = PACKET_SIZE - 4 - flags.len() - head.len();
         let take = room.min(payload.len());
         let stuffing = room - take;
         let has_adaptation = flags.len() > 0 || stuffing > 0;
@@ -177,6 +175,7 @@ impl TsWriter {
                 self.buf.put_bytes(0xff, field_len - flags.len().max(2));
             }
         }
+        self.buf.put_slice(head);
         self.buf.put_slice(&payload[..take]);
         take
     }
@@ -215,31 +214,56 @@ impl AdaptationFlags {
     }
 }
 
-/// A PES header with PTS (and DTS when it differs). `es_len` gives PES_packet_length; `None`
-/// leaves it 0 ("unbounded"), which ISO/IEC 13818-1 allows only for video — and which video
-/// needs, as an access unit can exceed 64 KiB.
-fn pes_header(stream_id: u8, pts: u64, dts: Option<u64>, es_len: Option<usize>) -> Vec<u8> {
-    let dts = dts.filter(|dts| *dts != pts);
-    let header_data_len: u8 = if dts.is_some() { 10 } else { 5 };
-    let packet_len = es_len
-        .map(|len| len + 3 + usize::from(header_data_len))
-        .filter(|len| *len <= usize::from(u16::MAX))
-        .unwrap_or(0);
-    let mut header = Vec::with_capacity(19);
-    header.extend_from_slice(&[0, 0, 1, stream_id]);
-    header.extend_from_slice(&(packet_len as u16).to_be_bytes());
-    // '10', not scrambled, data_alignment_indicator: every PES starts an access unit.
-    header.push(0x84);
-    header.push(if dts.is_some() { 0xc0 } else { 0x80 });
-    header.push(header_data_len);
-    match dts {
-        Some(dts) => {
-            header.extend_from_slice(&encode_timestamp(0b0011, pts));
-            header.extend_from_slice(&encode_timestamp(0b0001, dts));
+/// A PES header, built on the stack (one per frame), with room for the start of the
+/// elementary stream that must travel with it (an ADTS header).
+#[derive(Debug)]
+struct PesHeader {
+    bytes: [u8; 32],
+    len: usize,
+}
+
+impl PesHeader {
+    /// A PES header with PTS (and DTS when it differs). `es_len` gives PES_packet_length;
+    /// `None` leaves it 0 ("unbounded"), which ISO/IEC 13818-1 allows only for video — and which
+    /// video needs, as an access unit can exceed 64 KiB.
+    fn new(stream_id: u8, pts: u64, dts: Option<u64>, es_len: Option<usize>) -> Self {
+        let dts = dts.filter(|dts| *dts != pts);
+        let header_data_len: u8 = if dts.is_some() { 10 } else { 5 };
+        let packet_len = es_len
+            .map(|len| len + 3 + usize::from(header_data_len))
+            .filter(|len| *len <= usize::from(u16::MAX))
+            .unwrap_or(0);
+        let mut header = Self {
+            bytes: [0; 32],
+            len: 0,
+        };
+        header.extend(&[0, 0, 1, stream_id]);
+        header.extend(&(packet_len as u16).to_be_bytes());
+        // '10', not scrambled, data_alignment_indicator: every PES starts an access unit.
+        header.extend(&[
+            0x84,
+            if dts.is_some() { 0xc0 } else { 0x80 },
+            header_data_len,
+        ]);
+        match dts {
+            Some(dts) => {
+                header.extend(&encode_timestamp(0b0011, pts));
+                header.extend(&encode_timestamp(0b0001, dts));
+            }
+            None => header.extend(&encode_timestamp(0b0010, pts)),
         }
-        None => header.extend_from_slice(&encode_timestamp(0b0010, pts)),
+        header
     }
-    header
+
+    /// Appends bytes; at most 13 fit after the longest header (19 bytes).
+    fn extend(&mut self, bytes: &[u8]) {
+        self.bytes[self.len..self.len + bytes.len()].copy_from_slice(bytes);
+        self.len += bytes.len();
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
 }
 
 /// The 5-byte PTS/DTS encoding: 4-bit prefix, then 33 bits split 3/15/15 with marker bits.
@@ -379,16 +403,19 @@ mod tests {
 
     #[test]
     fn pes_header_carries_dts_only_when_it_differs_from_pts() {
-        let both = pes_header(STREAM_ID_VIDEO, 129_000, Some(126_000), None);
+        let both = PesHeader::new(STREAM_ID_VIDEO, 129_000, Some(126_000), None);
+        let both = both.as_bytes();
         assert_eq!(&both[..9], &[0, 0, 1, 0xe0, 0, 0, 0x84, 0xc0, 10]);
         assert_eq!(&both[9..14], &encode_timestamp(0b0011, 129_000));
         assert_eq!(&both[14..19], &encode_timestamp(0b0001, 126_000));
 
-        let same = pes_header(STREAM_ID_VIDEO, 126_000, Some(126_000), None);
+        let same = PesHeader::new(STREAM_ID_VIDEO, 126_000, Some(126_000), None);
+        let same = same.as_bytes();
         assert_eq!(&same[7..9], &[0x80, 5]);
         assert_eq!(same.len(), 14);
 
-        let audio = pes_header(STREAM_ID_AUDIO, 126_000, None, Some(300));
+        let audio = PesHeader::new(STREAM_ID_AUDIO, 126_000, None, Some(300));
+        let audio = audio.as_bytes();
         assert_eq!(u16::from_be_bytes([audio[4], audio[5]]), 300 + 8);
     }
 
@@ -396,7 +423,7 @@ mod tests {
     fn segment_starts_with_pat_and_pmt_and_every_packet_is_188_bytes_with_sync() {
         let mut writer = TsWriter::new(true);
         writer.write_video(200_000, 190_000, true, &[0x55; 5000]);
-        writer.write_audio(190_000, &[0x66; 400]);
+        writer.write_audio(190_000, &[0x66; 7], &[0x66; 393]);
         let data = writer.finish();
         let packets = packets(&data);
         assert!(packets.iter().all(|p| p[0] == SYNC_BYTE));
@@ -410,7 +437,7 @@ mod tests {
         let mut writer = TsWriter::new(true);
         for i in 0..20 {
             writer.write_video(90_000 + i * 3000, 90_000 + i * 3000, i == 0, &[0x55; 300]);
-            writer.write_audio(90_000 + i * 1920, &[0x66; 200]);
+            writer.write_audio(90_000 + i * 1920, &[0x66; 7], &[0x66; 193]);
         }
         let data = writer.finish();
         let mut next = std::collections::HashMap::new();

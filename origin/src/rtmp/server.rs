@@ -277,15 +277,28 @@ impl Connection<'_> {
         self.input(leftover).await?;
         let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
+        // One idle timer for the connection, pushed back only when it fires: a timeout around
+        // every read would register and cancel a timer per RTMP message.
+        let mut last_read = Instant::now();
+        let idle_timer = tokio::time::sleep_until(last_read + idle);
+        tokio::pin!(idle_timer);
         loop {
             let keyframe_deadline = self.keyframe_deadline;
             tokio::select! {
-                read = tokio::time::timeout(idle, self.socket.read(&mut buf)) => {
-                    let n = read.map_err(|_| ConnectionError::Idle(idle))??;
+                read = self.socket.read(&mut buf) => {
+                    let n = read?;
                     if n == 0 {
                         return Ok(());
                     }
+                    last_read = Instant::now();
                     self.input(&buf[..n]).await?;
+                }
+                () = &mut idle_timer => {
+                    let deadline = last_read + idle;
+                    if Instant::now() >= deadline {
+                        return Err(ConnectionError::Idle(idle));
+                    }
+                    idle_timer.as_mut().reset(deadline);
                 }
                 reason = kicked(&mut self.publication) => return Err(ConnectionError::Kicked(reason)),
                 () = sleep_until(keyframe_deadline) => {
