@@ -41,6 +41,12 @@ pub struct Config {
     /// Directory holding live segments (`live/<stream>/`) and recordings (`vod/<stream>/<id>/`).
     /// Must be one filesystem: recordings hard-link the live segment files. Default `./data`.
     pub data_dir: PathBuf,
+    /// Threads running the origin's event loop (RTMP ingest, packaging, HTTP). Default 1: one
+    /// loop on the main thread, like nginx-rtmp's single worker. A stream costs about 0.2 CPU
+    /// seconds per minute, so one thread carries hundreds of streams, and a second one costs
+    /// more in cross-thread wakeups than it adds (bench/RESULTS.md). 0 means one per CPU core.
+    /// Disk work always runs on separate blocking threads.
+    pub worker_threads: usize,
     /// RTMP ingest.
     pub rtmp: RtmpConfig,
     /// HTTP serving of live HLS and VOD.
@@ -57,6 +63,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
+            worker_threads: 1,
             rtmp: RtmpConfig::default(),
             http: HttpConfig::default(),
             hls: HlsConfig::default(),
@@ -268,6 +275,10 @@ impl Config {
         check(
             !self.data_dir.as_os_str().is_empty(),
             "data_dir must not be empty",
+        )?;
+        check(
+            self.worker_threads <= 1024,
+            "worker_threads must be in 0..=1024",
         )?;
         let app_ok = !self.rtmp.app.is_empty()
             && self.rtmp.app.len() <= 64

@@ -57,8 +57,7 @@ enum Command {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
 
@@ -73,10 +72,12 @@ async fn main() -> anyhow::Result<()> {
         opts.clip = clip;
         opts.loops = loops;
         opts.interleave_chunks = interleave;
-        opts.shutdown = Some(Box::pin(shutdown_signal()));
-        let stats = publisher::publish(opts).await.context("publishing")?;
-        tracing::info!(?stats, "publish finished");
-        return Ok(());
+        return runtime(1)?.block_on(async {
+            opts.shutdown = Some(Box::pin(shutdown_signal()));
+            let stats = publisher::publish(opts).await.context("publishing")?;
+            tracing::info!(?stats, "publish finished");
+            Ok(())
+        });
     }
 
     let mut config = match &cli.config {
@@ -93,7 +94,28 @@ async fn main() -> anyhow::Result<()> {
         config.data_dir = d;
     }
     let config = config.validate()?;
+    runtime(config.worker_threads)?.block_on(serve(config))
+}
 
+/// The tokio runtime: one event loop on this thread for 1, else a work-stealing pool of
+/// `threads` workers (0: one per core).
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        if threads > 1 {
+            builder.worker_threads(threads);
+        }
+        builder
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
     let rtmp = TcpListener::bind(config.rtmp.listen)
         .await
         .with_context(|| format!("binding RTMP on {}", config.rtmp.listen))?;
