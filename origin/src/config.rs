@@ -42,10 +42,10 @@ pub struct Config {
     /// Must be one filesystem: recordings hard-link the live segment files. Default `./data`.
     pub data_dir: PathBuf,
     /// Threads running the origin's event loop (RTMP ingest, packaging, HTTP). Default 1: one
-    /// loop on the main thread, like nginx-rtmp's single worker. A stream costs about 0.2 CPU
-    /// seconds per minute, so one thread carries hundreds of streams, and a second one costs
-    /// more in cross-thread wakeups than it adds (bench/RESULTS.md). 0 means one per CPU core.
-    /// Disk work always runs on separate blocking threads.
+    /// loop on the main thread, like nginx-rtmp's single worker. A stream costs about 0.3 CPU
+    /// seconds per minute (0.5 % of a core), so one thread carries about 200 streams, and a
+    /// second one costs more in cross-thread wakeups than it adds (bench/RESULTS.md). 0 means
+    /// one per CPU core. Disk work always runs on separate blocking threads.
     pub worker_threads: usize,
     /// RTMP ingest.
     pub rtmp: RtmpConfig,
