@@ -74,15 +74,15 @@ pub fn check(
 }
 
 /// The request hook: continue with a valid token, else 403 with the reason. The second value
-/// is the refusal reason for logs and counters.
+/// is the refusal for counters and logs: its reason code and a readable explanation.
 pub fn on_request(
     config: &Config,
     req: &Request,
     now_secs: u64,
-) -> (RequestAction, Result<(), String>) {
+) -> (RequestAction, Result<(), (&'static str, String)>) {
     match check(config, req, now_secs) {
         Ok(_) => (RequestAction::Continue, Ok(())),
-        Err(e) => (forbidden(e.as_str()), Err(e.to_string())),
+        Err(e) => (forbidden(e.as_str()), Err((e.as_str(), e.to_string()))),
     }
 }
 
@@ -331,7 +331,7 @@ mod tests {
                 req.path,
                 req.query
             );
-            assert!(verdict.is_err());
+            assert_eq!(verdict.unwrap_err().0, expected);
             assert!(REASON_CODES.contains(&expected));
         }
         assert_eq!(reason(&misconfigured()).as_deref(), Some("misconfigured"));

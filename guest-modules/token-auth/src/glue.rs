@@ -44,26 +44,18 @@ impl request_hook::Guest for TokenAuth {
         let now_secs = clock::now_ms() / 1000;
         let (action, verdict) = match config() {
             Ok(config) => auth::on_request(config, &req, now_secs),
-            Err(e) => (auth::misconfigured(), Err(e.clone())),
+            Err(e) => (auth::misconfigured(), Err(("misconfigured", e.clone()))),
         };
         match verdict {
             Ok(()) => counters::add("allowed", 1),
-            Err(reason) => {
-                counters::add(&format!("denied-{}", reason_label(&reason)), 1);
-                log::log(log::Level::Info, &format!("403 for {}: {reason}", req.path));
+            // Counter names stay the fixed set of reason codes (the host caps a module at 64).
+            Err((code, why)) => {
+                counters::add(&format!("denied-{code}"), 1);
+                log::log(log::Level::Info, &format!("403 for {}: {why}", req.path));
             }
         }
         action
     }
-}
-
-/// Counter names stay a fixed small set (the host caps a module at 64 names).
-fn reason_label(reason: &str) -> &'static str {
-    auth::REASON_CODES
-        .iter()
-        .find(|code| reason.starts_with(*code))
-        .copied()
-        .unwrap_or("other")
 }
 
 impl response_hook::Guest for TokenAuth {
