@@ -11,20 +11,21 @@ fn repo_root() -> PathBuf {
 }
 
 /// `cp -r`, skipping build output.
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
         if entry.file_name() == "target" {
             continue;
         }
         let dest = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &dest);
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &dest)?;
         } else {
-            std::fs::copy(entry.path(), &dest).unwrap();
+            std::fs::copy(entry.path(), &dest)?;
         }
     }
+    Ok(())
 }
 
 #[test]
@@ -33,9 +34,9 @@ fn the_guides_copy_and_build_steps_produce_a_component_with_the_templates_hooks(
     let edge = std::env::temp_dir().join(format!("parallax-module-guide-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&edge);
     // Step 1, the standalone variant: wit/ and the template copied out, the lock file beside it.
-    copy_dir(&root.join("wit"), &edge.join("wit"));
+    copy_dir(&root.join("wit"), &edge.join("wit")).unwrap();
     let module = edge.join("guest-modules/my-module");
-    copy_dir(&root.join("guest-modules/template"), &module);
+    copy_dir(&root.join("guest-modules/template"), &module).unwrap();
     std::fs::copy(root.join("Cargo.lock"), module.join("Cargo.lock")).unwrap();
     let manifest = module.join("Cargo.toml");
     let renamed = std::fs::read_to_string(&manifest)
