@@ -95,6 +95,11 @@ pub struct ListenConfig {
     pub http: String,
     /// TLS listeners (rustls); none by default.
     pub tls: Vec<TlsListenerConfig>,
+    /// Read buffer per client connection, bytes. Default 4096. Request heads larger than this
+    /// are still read whole (up to the limits); the buffer only batches small reads. Pingora's
+    /// own default is 64 KiB, which a burst of 1000 new connections pays as 64 MB of freshly
+    /// zeroed pages: page faults were 35 % of the proxy's CPU in such a burst.
+    pub read_buffer_bytes: usize,
 }
 
 impl Default for ListenConfig {
@@ -102,6 +107,7 @@ impl Default for ListenConfig {
         ListenConfig {
             http: "0.0.0.0:8080".into(),
             tls: Vec::new(),
+            read_buffer_bytes: 4096,
         }
     }
 }

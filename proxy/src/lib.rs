@@ -39,6 +39,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::listening::Service;
@@ -145,11 +147,18 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
         Duration::from_millis(config.limits.header_read_timeout_ms),
     );
     let mut service = Service::new("parallax proxy".to_owned(), app);
+    // Pingora's write buffer default (1460 bytes) stays: header and small bodies go out in one
+    // write already. Only the read side is sized here.
+    let buffers = L4BufferSettings::default().read(config.listen.read_buffer_bytes);
     if !config.listen.http.is_empty() {
-        service.add_tcp(&config.listen.http);
+        service.add_listener(ListenerConfig::tcp(&config.listen.http).l4_buffer(buffers));
     }
     for listener in &config.listen.tls {
-        service.add_tls_with_settings(&listener.addr, None, tls::listener_settings(listener)?);
+        service.add_listener(
+            ListenerConfig::tcp(&listener.addr)
+                .tls(tls::listener_settings(listener)?)
+                .l4_buffer(buffers),
+        );
     }
     server.add_service(service);
     // Last, so `proxy -t` has loaded certificates and built every service before it exits, and
