@@ -13,6 +13,14 @@
 //! | `DELETE /kv/<key>`                   | removes the key                                 |
 //! | `POST /regions/<name>/close`         | sets `region/<name>/state` to `closed`          |
 //! | `POST /regions/<name>/open`          | sets `region/<name>/state` to `open`            |
+//! | `GET /modules`                       | policy-module files, entries, kept versions     |
+//! | `POST /modules/<file>`               | uploads a new version (body: the `.wasm`)       |
+//! | `POST /modules/<file>/activate?version=<hex>` | re-activates a kept version          |
+//! | `POST /modules/<file>/rollback`      | re-activates the version before the running one |
+//!
+//! A module upload is compiled, checked and self-tested off the request path, written to the
+//! modules directory and swapped in atomically (201 with the version); a rejected one is 422
+//! with the reason, and the running version stays.
 //!
 //! `url` is a path (`/live/a/1.ts`), `host/path`, or `http(s)://host/path`; `host=` may be
 //! given separately. Every request needs `Authorization: Bearer <token>`, else 401.
@@ -30,6 +38,8 @@
 //! curl -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9090/upstreams
 //! curl -X POST -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9090/regions/eu/close
 //! curl -X PUT -H "Authorization: Bearer $TOKEN" --data-binary 'on' 'http://127.0.0.1:9090/kv/my-module/flag?ttl_ms=60000'
+//! curl -X POST -H "Authorization: Bearer $TOKEN" --data-binary @my_module.wasm http://127.0.0.1:9090/modules/my-module
+//! curl -X POST -H "Authorization: Bearer $TOKEN" http://127.0.0.1:9090/modules/my-module/rollback
 //! ```
 
 use std::net::SocketAddr;
@@ -49,6 +59,8 @@ use tracing::Instrument;
 use crate::kv::{self, KvError, KvStore};
 use crate::storage::MokaStorage;
 use crate::upstream::Upstreams;
+use crate::wasm::registry::HostError;
+use crate::wasm::ModuleHost;
 
 /// Largest request body read: a key-value store value (`PUT /kv/...`); the other endpoints take
 /// none, and a client sending more must not hold the connection hostage.
@@ -210,6 +222,8 @@ pub struct AdminState {
     pub upstreams: Upstreams,
     /// The key-value store behind `/kv` and `/regions`.
     pub kv: Arc<dyn KvStore>,
+    /// Policy modules behind `/modules`, when `wasm.enabled`.
+    pub modules: Option<Arc<ModuleHost>>,
     /// The running configuration with secrets removed, as `GET /config` returns it.
     pub config_summary: serde_json::Value,
 }
@@ -263,6 +277,13 @@ impl AdminApp {
         }
         if let Some(rest) = uri.path().strip_prefix("/regions/") {
             return self.region(method, rest);
+        }
+        if let Some(rest) = uri
+            .path()
+            .strip_prefix("/modules")
+            .filter(|r| r.is_empty() || r.starts_with('/'))
+        {
+            return self.modules(method, rest.trim_start_matches('/'), query, body);
         }
         match (method, uri.path()) {
             (&Method::POST, "/purge") => self.purge(query),
@@ -373,6 +394,71 @@ impl AdminApp {
         }
     }
 
+    /// `/modules...`: list, upload, activate, rollback. `rest` is the path after `/modules/`.
+    fn modules(&self, method: &Method, rest: &str, query: &str, body: &[u8]) -> Response<Vec<u8>> {
+        let Some(host) = &self.state.modules else {
+            return json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "policy modules are off (wasm.enabled = false)"}),
+            );
+        };
+        let (file, action) = rest.split_once('/').unwrap_or((rest, ""));
+        let result = match (method, file, action) {
+            (&Method::GET, "", "") => return json_response(StatusCode::OK, &json!(host.list())),
+            (&Method::POST, file, "") if !file.is_empty() => {
+                if body.is_empty() {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": "the request body must be the module (.wasm)"}),
+                    );
+                }
+                tracing::info!(file, bytes = body.len(), "module upload");
+                host.upload(file, body.to_vec())
+            }
+            (&Method::POST, file, "activate") => {
+                let params = parse_query(query);
+                let Some((_, version)) = params.iter().find(|(k, _)| k == "version") else {
+                    return json_response(
+                        StatusCode::BAD_REQUEST,
+                        &json!({"error": "give version=<at least 4 hex digits of the sha256>"}),
+                    );
+                };
+                tracing::info!(file, version, "module activate");
+                host.activate(file, Some(version))
+            }
+            (&Method::POST, file, "rollback") => {
+                tracing::info!(file, "module rollback");
+                host.activate(file, None)
+            }
+            (&Method::GET | &Method::POST, _, _) => {
+                return json_response(StatusCode::NOT_FOUND, &json!({"error": "not found"}))
+            }
+            _ => {
+                return json_response(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &json!({"error": "method not allowed"}),
+                )
+            }
+        };
+        match result {
+            Ok(version) => json_response(
+                StatusCode::CREATED,
+                &json!({"file": file, "active": version}),
+            ),
+            Err(e) => {
+                let status = match &e {
+                    HostError::UnknownFile(_) | HostError::UnknownVersion { .. } => {
+                        StatusCode::NOT_FOUND
+                    }
+                    HostError::Rejected(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                    HostError::Persist { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                tracing::warn!(file, error = %e, "module change refused; the running version stays");
+                json_response(status, &json!({"error": e.to_string()}))
+            }
+        }
+    }
+
     fn purge(&self, query: &str) -> Response<Vec<u8>> {
         let params = parse_query(query);
         let param = |name: &str| {
@@ -420,11 +506,15 @@ impl ServeHttp for AdminApp {
         async {
             // Read the body (a `/kv` value; drained otherwise so the connection can be reused);
             // refuse absurd ones.
+            let max_body = match &self.state.modules {
+                Some(host) if uri.path().starts_with("/modules/") => host.max_module_bytes(),
+                _ => MAX_BODY_BYTES,
+            };
             let mut body = Vec::new();
             loop {
                 match session.read_request_body().await {
                     Ok(Some(chunk)) => {
-                        if body.len() + chunk.len() > MAX_BODY_BYTES {
+                        if body.len() + chunk.len() > max_body {
                             session.set_keepalive(None);
                             return json_response(
                                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -449,9 +539,13 @@ impl ServeHttp for AdminApp {
                 .headers
                 .get(header::AUTHORIZATION)
                 .map(|v| v.as_bytes().to_vec());
-            // The store is synchronous and a Redis write may wait up to `kv.redis_timeout_ms`:
-            // keep that off this runtime's worker.
-            if uri.path().starts_with("/kv/") || uri.path().starts_with("/regions/") {
+            // The store is synchronous and a Redis write may wait up to `kv.redis_timeout_ms`,
+            // and compiling a module takes tens to hundreds of milliseconds: keep both off this
+            // runtime's worker.
+            if ["/kv/", "/regions/", "/modules/"]
+                .iter()
+                .any(|p| uri.path().starts_with(p))
+            {
                 let app = self.clone();
                 return tokio::task::spawn_blocking(move || {
                     app.handle(&method, &uri, authorization.as_deref(), &body)
@@ -648,6 +742,7 @@ mod tests {
             cache: cache.clone(),
             upstreams,
             kv: Arc::new(MemoryKv::new(1 << 20)),
+            modules: None,
             config_summary: json!({"listen": "0.0.0.0:8080"}),
         });
         (app, cache)
@@ -800,6 +895,7 @@ mod tests {
             cache,
             upstreams,
             kv: Arc::new(DownKv),
+            modules: None,
             config_summary: json!({}),
         });
         let auth = format!("Bearer {TOKEN}");

@@ -16,6 +16,7 @@ use crate::admin::{AdminConfig, AdminError};
 use crate::kv::KvConfig;
 use crate::rules::{default_rules, CacheKeyConfig, CacheRules, RuleConfig, RulesError};
 use crate::upstream::{GroupConfig, UpstreamError};
+use crate::wasm::WasmConfig;
 
 /// Why a configuration was rejected; each variant names the key at fault.
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,9 @@ pub struct Config {
     /// The key-value store policy modules and the admin API share: in-process by default,
     /// Redis when `kv.redis_url` is set.
     pub kv: KvConfig,
+    /// Policy modules (WebAssembly components) and the chains of them requests run; off unless
+    /// `wasm.enabled`.
+    pub wasm: WasmConfig,
 }
 
 /// Client-facing listeners.
@@ -431,6 +435,9 @@ impl Config {
         self.kv
             .validate()
             .map_err(|(key, reason)| ConfigError::invalid(format!("kv.{key}"), reason))?;
+        self.wasm
+            .validate()
+            .map_err(|(key, reason)| ConfigError::invalid(format!("wasm.{key}"), reason))?;
         if let Some(protection) = &self.origin_protection {
             if http::HeaderName::from_bytes(protection.header.as_bytes()).is_err() {
                 return Err(ConfigError::invalid(

@@ -17,6 +17,7 @@
 //! - [`admin`]: the admin API (purge, stats, upstream health, config summary).
 //! - [`tls`]: rustls listeners, certificates by SNI.
 //! - [`kv`]: the key-value store policy modules and the admin API share.
+//! - [`wasm`]: policy modules (WebAssembly components): host, hot-load, chains.
 //!
 //! # Lifecycle
 //!
@@ -34,6 +35,7 @@ pub mod service;
 pub mod storage;
 pub mod tls;
 pub mod upstream;
+pub mod wasm;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,6 +45,7 @@ use pingora::listeners::ListenerConfig;
 use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use pingora::services::listening::Service;
 use pingora::{Error, ErrorType, OrErr, Result};
 use tokio::signal::unix::{signal, SignalKind};
@@ -106,6 +109,19 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
             evictions: stats.evictions,
         }
     }));
+    let modules = if config.wasm.enabled {
+        let services = wasm::host::HostServices {
+            kv: kv.clone(),
+            upstreams: Some(upstreams.clone()),
+            metrics: metrics.clone(),
+        };
+        let host = wasm::ModuleHost::start(&config.wasm, services)
+            .map_err(|e| Error::explain(ErrorType::InternalError, e))?;
+        server.add_service(background_service("wasm module watcher", host.watcher()));
+        Some(host)
+    } else {
+        None
+    };
     server.add_services(upstreams.background_services());
     if !config.metrics.addr.is_empty() {
         server.add_service(metrics::metrics_service(
@@ -125,6 +141,7 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
             cache: Arc::new(cache),
             upstreams: upstreams.clone(),
             kv: kv.clone(),
+            modules: modules.clone(),
             config_summary: config.summary(),
         };
         let service = admin::admin_service(&config.admin, state)
@@ -138,6 +155,7 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
         metrics,
         readiness: readiness.clone(),
         kv,
+        modules,
     });
 
     let edge = EdgeProxy::new(config, shared.clone())?;

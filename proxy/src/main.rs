@@ -63,6 +63,9 @@ enum Command {
     /// Signed tokens for the token-auth policy module.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Policy modules (WebAssembly components).
+    #[command(subcommand)]
+    Module(ModuleCommand),
 }
 
 /// `proxy token …`
@@ -70,6 +73,26 @@ enum Command {
 enum TokenCommand {
     /// Print a token (or, with --url, a signed URL) the token-auth module accepts.
     Sign(SignArgs),
+}
+
+/// `proxy module ...`.
+#[derive(Debug, clap::Subcommand)]
+enum ModuleCommand {
+    /// Validate a module offline with the checks the proxy makes before loading it: a
+    /// component, importing only what the proxy provides, exporting at least one hook, and its
+    /// self-test (if exported) passing with the given config.
+    Check(CheckArgs),
+}
+
+/// `proxy module check`.
+#[derive(Debug, clap::Args)]
+struct CheckArgs {
+    /// The module file (`.wasm` component).
+    file: PathBuf,
+    /// A config value the module reads, `key=value`, as in its `[[wasm.modules]]` `config`
+    /// table (repeat for several).
+    #[arg(long = "config", value_name = "KEY=VALUE")]
+    config: Vec<String>,
 }
 
 /// `proxy token sign`: the same signing code the token-auth module verifies with
@@ -137,7 +160,21 @@ fn main() -> ExitCode {
 }
 
 fn run_command(command: &Command) -> ExitCode {
-    let Command::Token(TokenCommand::Sign(sign)) = command;
+    let sign = match command {
+        Command::Token(TokenCommand::Sign(sign)) => sign,
+        Command::Module(ModuleCommand::Check(check)) => {
+            return match module_check(check) {
+                Ok(report) => {
+                    println!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("proxy module check: {}: {e}", check.file.display());
+                    ExitCode::FAILURE
+                }
+            };
+        }
+    };
     let now_secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -179,6 +216,36 @@ fn token_sign(args: &SignArgs, now_secs: u64) -> anyhow::Result<String> {
         }
         None => token,
     })
+}
+
+/// `proxy module check`: the report line, or why the module would be rejected.
+fn module_check(args: &CheckArgs) -> anyhow::Result<String> {
+    use parallax_proxy::wasm::{config::ConfigValue, host::HostServices, runtime, ModuleConfig};
+    let mut entry = ModuleConfig {
+        name: "check".into(),
+        ..ModuleConfig::default()
+    };
+    for pair in &args.config {
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--config {pair:?}: expected KEY=VALUE"))?;
+        entry
+            .config
+            .insert(key.to_owned(), ConfigValue::Text(value.to_owned()));
+    }
+    let bytes = std::fs::read(&args.file)?;
+    let services = HostServices {
+        kv: std::sync::Arc::new(parallax_proxy::kv::MemoryKv::new(1 << 20)),
+        upstreams: None,
+        metrics: std::sync::Arc::new(parallax_proxy::metrics::Metrics::new()?),
+    };
+    let code = runtime::check(bytes, &entry, services)?;
+    Ok(format!(
+        "ok: version {} ({} bytes), exports {}",
+        code.short(),
+        code.bytes.len(),
+        code.hooks().join(", ")
+    ))
 }
 
 fn load(args: &Args) -> anyhow::Result<Config> {

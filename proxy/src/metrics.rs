@@ -91,6 +91,13 @@ pub struct Metrics {
     /// Key-value writes Redis did not take, by `op` and `reason` (`down`, `connect`, `timeout`,
     /// `io`, `protocol`, `redis_error`).
     pub kv_write_failures: IntCounterVec,
+    /// Policy-module hook calls by `module`, `hook` (`request`/`response`/`body`) and `outcome`
+    /// (`ok`, `timeout`, `trap`, `bad_return`, `instantiate_error`).
+    pub module_calls: IntCounterVec,
+    /// Counters modules keep through the `counters` import, by `module` and `name`.
+    pub module_counters: IntCounterVec,
+    /// Module version loads by `file` and `result` (`ok`, or the stage that rejected it).
+    pub module_loads: IntCounterVec,
     cache_stats: OnceLock<CacheStatsSource>,
     /// Evictions already added to `cache_evictions`, so a scrape adds only the difference.
     evictions_seen: Mutex<u64>,
@@ -158,6 +165,21 @@ impl Metrics {
             "parallax_kv_write_failures_total",
             "Key-value writes Redis did not take, by operation and reason.",
             &["op", "reason"],
+        )?;
+        let module_calls = counter_vec(
+            "parallax_module_calls_total",
+            "Policy-module hook calls by module, hook and outcome.",
+            &["module", "hook", "outcome"],
+        )?;
+        let module_counters = counter_vec(
+            "parallax_module_counter_total",
+            "Counters kept by policy modules (the counters import).",
+            &["module", "name"],
+        )?;
+        let module_loads = counter_vec(
+            "parallax_module_loads_total",
+            "Policy-module version loads by file and result.",
+            &["file", "result"],
         )?;
 
         let counter = |name: &'static str, help: &str| {
@@ -239,6 +261,9 @@ impl Metrics {
             kv_redis_up,
             kv_redis_transitions,
             kv_write_failures,
+            module_calls,
+            module_counters,
+            module_loads,
             cache_stats: OnceLock::new(),
             evictions_seen: Mutex::new(0),
         })

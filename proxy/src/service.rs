@@ -62,6 +62,9 @@ use crate::metrics::Metrics;
 use crate::rules::CacheRules;
 use crate::storage::MokaStorage;
 use crate::upstream::{FailureReason, Group, OriginId, RequestKind, Upstreams};
+use crate::wasm::chain::{self, BodyBuffer, Verdict};
+use crate::wasm::host::wit;
+use crate::wasm::{BodyStage, Chain, ModuleHost};
 
 /// The `Via` pseudonym we add to requests and responses (RFC 9110 §7.6.3).
 const VIA: &str = "1.1 parallax";
@@ -103,6 +106,20 @@ pub struct RequestCtx {
     attempt: usize,
     /// The origin of the latest attempt and when its request went out.
     origin: Option<(OriginId, Instant)>,
+    /// The policy modules this request runs, when a chain matched.
+    modules: Option<Box<ModuleState>>,
+}
+
+/// A request's policy modules: the chain snapshot taken when it arrived (so it runs on one
+/// version of each module to the end), its WIT record as the request hooks left it, and the
+/// playlist bodies being collected for the body hooks.
+struct ModuleState {
+    chain: Chain,
+    record: wit::Request,
+    /// The origin's playlist, for before-cache body hooks.
+    before_cache: Option<BodyBuffer>,
+    /// The playlist to this client, for after-cache body hooks.
+    after_cache: Option<BodyBuffer>,
 }
 
 /// What the request path shares with the rest of the process: built once in
@@ -120,6 +137,8 @@ pub struct Shared {
     pub readiness: Arc<Readiness>,
     /// The key-value store policy modules and the admin API share (`[kv]`).
     pub kv: Arc<dyn KvStore>,
+    /// Policy modules, when `wasm.enabled`.
+    pub modules: Option<Arc<ModuleHost>>,
 }
 
 /// The Parallax [`ProxyHttp`] implementation.
@@ -130,6 +149,8 @@ pub struct EdgeProxy {
     lock_wait_timeout: Duration,
     limits: LimitsConfig,
     protection: Option<(HeaderName, Vec<u8>)>,
+    /// `wasm.max_body_bytes`: the largest playlist body hooks see or return.
+    module_max_body: usize,
 }
 
 impl EdgeProxy {
@@ -171,6 +192,7 @@ impl EdgeProxy {
             lock_wait_timeout: Duration::from_millis(config.cache.lock_wait_timeout_ms),
             limits: config.limits.clone(),
             protection,
+            module_max_body: config.wasm.max_body_bytes,
         })
     }
 
@@ -223,6 +245,109 @@ impl EdgeProxy {
         req.headers
             .get(name)
             .is_some_and(|v| constant_time_eq(v.as_bytes(), secret))
+    }
+}
+
+impl EdgeProxy {
+    /// Runs the request hooks of `chain` (request filter phase). `Ok(true)`: a module answered
+    /// and the response is written.
+    async fn run_request_modules(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        chain: Chain,
+    ) -> Result<bool> {
+        let client_ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let group = self.group(ctx).name().to_owned();
+        let mut record = chain::request_record(session.req_header(), client_ip, &group);
+        let upstreams = &self.shared.upstreams;
+        let verdict = chain::run_request_hooks(
+            &chain,
+            &mut record,
+            session.req_header_mut(),
+            |name| upstreams.group(name).is_some(),
+            self.module_max_body,
+            &self.shared.metrics,
+        );
+        match verdict {
+            Verdict::Continue => {
+                if record.upstream_group != group {
+                    if let Some(index) = upstreams
+                        .groups()
+                        .iter()
+                        .position(|g| g.name() == record.upstream_group)
+                    {
+                        ctx.group = index;
+                    }
+                }
+                // A rewritten request passes the same checks as one sent by a client.
+                self.check_request(session.req_header())?;
+                ctx.kind = RequestKind::from_path(session.req_header().uri.path());
+                ctx.modules = Some(Box::new(ModuleState {
+                    chain,
+                    record,
+                    before_cache: None,
+                    after_cache: None,
+                }));
+                Ok(false)
+            }
+            Verdict::Respond(mut head, body) => {
+                chain::run_response_hooks(
+                    &chain,
+                    &record,
+                    &mut head,
+                    "LOCAL",
+                    &self.shared.metrics,
+                )
+                .map_err(module_failure)?;
+                head.insert_header(header::VIA, VIA)?;
+                let head_only = session.req_header().method == Method::HEAD;
+                session.write_response_header(head, head_only).await?;
+                if !head_only {
+                    session.write_response_body(Some(body), true).await?;
+                }
+                Ok(true)
+            }
+            Verdict::Fail(status) => Err(module_failure(status)),
+        }
+    }
+}
+
+/// The error a fail-closed module failure answers with (already logged by the module chain).
+fn module_failure(status: u16) -> Box<Error> {
+    Error::explain(
+        ErrorType::HTTPStatus(status),
+        "policy module failed (fail-closed)",
+    )
+}
+
+/// One body filter call for a body hook stage: feeds `buffer` while it is collecting a
+/// playlist, and drops it once done.
+fn feed_body(
+    buffer: &mut Option<BodyBuffer>,
+    chain: &Chain,
+    record: &wit::Request,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    metrics: &Metrics,
+) -> Result<()> {
+    let Some(collecting) = buffer.as_mut() else {
+        return Ok(());
+    };
+    match collecting.feed(chain, record, body, end_of_stream, metrics) {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            *buffer = None;
+            Ok(())
+        }
+        Err(status) => {
+            *buffer = None;
+            Err(module_failure(status))
+        }
     }
 }
 
@@ -293,6 +418,7 @@ impl ProxyHttp for EdgeProxy {
             kind: RequestKind::Media,
             attempt: 0,
             origin: None,
+            modules: None,
         }
     }
 
@@ -343,6 +469,11 @@ impl ProxyHttp for EdgeProxy {
             .to_owned();
         ctx.group = self.route(&host, &path);
         ctx.kind = RequestKind::from_path(&path);
+        if let Some(modules) = &self.shared.modules {
+            if let Some(chain) = modules.chain_for(&host, &path) {
+                return self.run_request_modules(session, ctx, chain).await;
+            }
+        }
         Ok(false)
     }
 
@@ -461,7 +592,45 @@ impl ProxyHttp for EdgeProxy {
             e.set_retry(true);
             return Err(e.into_up());
         }
+        if let Some(m) = ctx.modules.as_deref_mut() {
+            let req = session.req_header();
+            if chain::wants_body(
+                &m.chain,
+                BodyStage::BeforeCache,
+                &req.method,
+                upstream.status,
+            ) && chain::is_playlist(req.uri.path(), upstream)
+            {
+                // Before the cache sees the header: the stored object is the rewritten one.
+                chain::unframe(upstream)?;
+                m.before_cache = Some(BodyBuffer::new(
+                    BodyStage::BeforeCache,
+                    upstream,
+                    self.module_max_body,
+                ));
+            }
+        }
         Ok(())
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(m) = ctx.modules.as_deref_mut() {
+            feed_body(
+                &mut m.before_cache,
+                &m.chain,
+                &m.record,
+                body,
+                end_of_stream,
+                &self.shared.metrics,
+            )?;
+        }
+        Ok(None)
     }
 
     // 6. Cacheability.
@@ -480,11 +649,49 @@ impl ProxyHttp for EdgeProxy {
         &self,
         session: &mut Session,
         resp: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
-        resp.insert_header("x-cache", cache_status(session.cache.phase()))?;
+        let cache = cache_status(session.cache.phase());
+        resp.insert_header("x-cache", cache)?;
         let via = via_value(resp.headers.get(header::VIA))?;
-        resp.insert_header(header::VIA, via)
+        resp.insert_header(header::VIA, via)?;
+        if let Some(m) = ctx.modules.as_deref_mut() {
+            let metrics = &self.shared.metrics;
+            chain::run_response_hooks(&m.chain, &m.record, resp, cache, metrics)
+                .map_err(module_failure)?;
+            let req = session.req_header();
+            if chain::wants_body(&m.chain, BodyStage::AfterCache, &req.method, resp.status)
+                && chain::is_playlist(req.uri.path(), resp)
+            {
+                chain::unframe(resp)?;
+                m.after_cache = Some(BodyBuffer::new(
+                    BodyStage::AfterCache,
+                    resp,
+                    self.module_max_body,
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        if let Some(m) = ctx.modules.as_deref_mut() {
+            feed_body(
+                &mut m.after_cache,
+                &m.chain,
+                &m.record,
+                body,
+                end_of_stream,
+                &self.shared.metrics,
+            )?;
+        }
+        Ok(None)
     }
 
     // Errors and retries.

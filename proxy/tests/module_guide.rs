@@ -1,10 +1,17 @@
-//! Executes docs/modules.md's "Writing your own module" steps 1 and 3 as an operator would: copy
-//! the template and `wit/` out of the repository, rename the crate, build it with
-//! `cargo build --release --target wasm32-wasip2`, and check that the result is a component
-//! exporting the template's hooks.
+//! Executes docs/modules.md's "Writing your own module" steps 1, 3 and 4 as an operator would:
+//! copy the template and `wit/` out of the repository, rename the crate, build it with
+//! `cargo build --release --target wasm32-wasip2`, check that the result is a component
+//! exporting the template's hooks, then drop it into a proxy's modules directory with the
+//! guide's config and see it answer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use support::*;
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -28,8 +35,8 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-#[test]
-fn the_guides_copy_and_build_steps_produce_a_component_with_the_templates_hooks() {
+#[tokio::test]
+async fn the_guides_copy_build_and_deploy_steps_put_the_templates_hooks_on_a_running_proxy() {
     let root = repo_root();
     let edge = std::env::temp_dir().join(format!("parallax-module-guide-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&edge);
@@ -79,5 +86,32 @@ fn the_guides_copy_and_build_steps_produce_a_component_with_the_templates_hooks(
         !contains(b"parallax:policy/body-hook@0.1.0"),
         "the template exports no body hook"
     );
+
+    // Step 4: the guide's config, the file renamed into the watched directory.
+    let origin = Origin::start().await;
+    origin.set("/live/a/index.m3u8", Reply::ok("#EXTM3U\n"));
+    let modules_dir = edge.join("modules");
+    std::fs::create_dir_all(&modules_dir).unwrap();
+    std::fs::write(modules_dir.join(".my-module.tmp"), &wasm).unwrap();
+    std::fs::rename(
+        modules_dir.join(".my-module.tmp"),
+        modules_dir.join("my-module.wasm"),
+    )
+    .unwrap();
+    let proxy = Proxy::start(&format!(
+        "[wasm]\nenabled = true\nmodules_dir = {modules_dir:?}\n\
+         [[wasm.modules]]\nname = \"my-module\"\nfailure = \"fail-open\"\n\
+         config = {{ deny-prefix = \"/private/\", greeting = \"hi\" }}\n\
+         [[wasm.chains]]\npath_prefix = \"/\"\nmodules = [\"my-module\"]\n{}",
+        upstream_config(&origin, None)
+    ))
+    .await;
+    let live = get(proxy.addr, "/live/a/index.m3u8").await.unwrap();
+    assert_eq!(live.status, 200, "{}", proxy.log());
+    assert_eq!(live.header("x-module-template"), Some("hi"));
+    let private = get(proxy.addr, "/private/x.ts").await.unwrap();
+    assert_eq!(private.status, 403);
+    assert_eq!(origin.hits("/private/x.ts"), 0);
+    drop(proxy);
     std::fs::remove_dir_all(&edge).unwrap();
 }

@@ -744,3 +744,103 @@ pub fn pattern(len: usize, seed: u8) -> Vec<u8> {
         .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
         .collect()
 }
+
+// ---------------------------------------------------------------------------------------------
+// Policy modules
+// ---------------------------------------------------------------------------------------------
+
+/// The crates built by [`guest_module`]: the shipped modules, the template and the test guest.
+const GUEST_CRATES: &[&str] = &[
+    "token-auth",
+    "region-steer",
+    "playlist-rewrite",
+    "module-template",
+    "test-guest",
+];
+
+/// The component built from guest crate `name` (e.g. `"token-auth"`). The first call in a test
+/// process builds every guest crate with `cargo build --release --target wasm32-wasip2` into
+/// `target/wasm-guests` (its own target dir, so it never waits on the build that runs these
+/// tests); later calls, and other test processes, find them built.
+pub fn guest_module(name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = root.join("target/wasm-guests");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut command = Command::new(cargo);
+        command
+            .args([
+                "build",
+                "--release",
+                "--locked",
+                "--target",
+                "wasm32-wasip2",
+            ])
+            .arg("--target-dir")
+            .arg(&target)
+            .current_dir(&root);
+        for name in GUEST_CRATES {
+            command.args(["-p", name]);
+        }
+        let output = command
+            .output()
+            .expect("running cargo to build the guest modules");
+        assert!(
+            output.status.success(),
+            "building the guest modules failed (is the wasm32-wasip2 target installed? \
+             `rustup target add wasm32-wasip2`):\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        target.join("wasm32-wasip2/release")
+    });
+    let path = dir.join(format!("{}.wasm", name.replace('-', "_")));
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}
+
+/// Copies module `name` into `dir` as `<file>.wasm` the way operators are told to: written
+/// under a temporary name, then renamed, so the watcher never sees half a file.
+pub fn install_module(name: &str, dir: &std::path::Path, file: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::copy(guest_module(name), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join(format!("{file}.wasm"))).unwrap();
+}
+
+/// Reads `GET /metrics` from the proxy's metrics listener at `addr`.
+pub async fn metrics_text(addr: SocketAddr) -> String {
+    let resp = get(addr, "/metrics").await.unwrap();
+    String::from_utf8_lossy(&resp.body).into_owned()
+}
+
+/// The sum of the Prometheus samples of metric `name` whose labels include every one of
+/// `labels` (each written as rendered, e.g. `module="a"`); 0 when there is none.
+pub fn sample(metrics: &str, name: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// `method path` with `body` and extra headers (`Content-Length` added), `Connection: close`.
+pub async fn send_body(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut raw = format!(
+        "{method} {path} HTTP/1.1\r\nhost: test.local\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        raw.push_str(&format!("{name}: {value}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let mut raw = raw.into_bytes();
+    raw.extend_from_slice(body);
+    send_raw(addr, &raw, false).await
+}

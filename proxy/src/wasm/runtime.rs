@@ -1,0 +1,599 @@
+//! Compiling, validating and calling modules: the wasmtime [`Engine`] and [`Linker`] (built
+//! once), a module version's compiled [`Code`], and a [`Bound`] module — one
+//! `[[wasm.modules]]` entry's config on one version of its code, with its pool of instances.
+//!
+//! # Instances
+//!
+//! A hook call runs synchronously on the proxy worker thread that handles the request, so at
+//! most one call per worker thread is in flight at any moment. A [`Bound`] keeps the instances
+//! that are not in a call in a small pool: a call takes one (or instantiates one from the
+//! `InstancePre`, from the pooling allocator's pre-reserved slots), and puts it back afterwards.
+//! An instance that trapped or timed out is dropped instead, since its state may be half
+//! updated. So instances are reused across requests (as Envoy reuses proxy-wasm VMs), never
+//! shared between two calls at once, and never outlive their version.
+//!
+//! # Limits
+//!
+//! - CPU: epoch interruption. A ticker thread advances the engine's epoch every millisecond;
+//!   each call gets a deadline of `cpu_ms_per_call + 1` ticks and traps when it passes.
+//! - Memory: each store's [`wasmtime::StoreLimits`] cap linear memory at `memory_bytes`.
+//! - Capabilities: the linker has the `host` world's imports and WASI 0.2 with an empty context;
+//!   a module importing anything else is rejected when it is loaded.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, InstancePre, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use super::config::{BodyStage, FailurePolicy, ModuleConfig, WasmConfig};
+use super::host::{self, wit, HostServices, HostState, ModuleContext};
+
+/// The hook interfaces a module may export, by their WIT names.
+pub const REQUEST_HOOK: &str = "parallax:policy/request-hook@0.1.0";
+/// See [`REQUEST_HOOK`].
+pub const RESPONSE_HOOK: &str = "parallax:policy/response-hook@0.1.0";
+/// See [`REQUEST_HOOK`].
+pub const BODY_HOOK: &str = "parallax:policy/body-hook@0.1.0";
+/// See [`REQUEST_HOOK`].
+pub const SELF_TEST: &str = "parallax:policy/self-test@0.1.0";
+
+/// Upper bound on module instances alive at once in the process (the pooling allocator reserves
+/// slots for them up front). Each worker thread holds at most one instance per bound module at
+/// a time, plus the ones pooled; with tens of modules and a few versions kept warm this leaves
+/// ample room.
+const MAX_INSTANCES: u32 = 512;
+
+/// Why a module version was not loaded. Each variant is a stage of loading.
+#[derive(Debug, thiserror::Error)]
+pub enum ModuleError {
+    /// Reading the file failed.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The module file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is over `wasm.max_module_bytes`.
+    #[error("module is {size} bytes, over wasm.max_module_bytes ({max})")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A core WebAssembly module, not a component.
+    #[error(
+        "this is a core WebAssembly module, not a component: build it with \
+         `cargo build --target wasm32-wasip2` (or wrap it with `wasm-tools component new`)"
+    )]
+    NotAComponent,
+    /// wasmtime could not parse, validate or compile it.
+    #[error("invalid component: {0}")]
+    Compile(String),
+    /// It imports something the host does not provide (filesystem, sockets, an unknown
+    /// interface, another version of ours).
+    #[error("imports something this proxy does not provide: {0}")]
+    Imports(String),
+    /// Its exports do not match `parallax:policy@0.1.0`.
+    #[error("exports: {0}")]
+    Exports(String),
+    /// Instantiating it failed (start function trapped, memory over the cap, ...).
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+    /// Its `self-test` export returned an error or trapped.
+    #[error("self-test failed for module {module:?}: {reason}")]
+    SelfTest {
+        /// The `[[wasm.modules]]` entry whose config was tested.
+        module: String,
+        /// The module's message, or the trap.
+        reason: String,
+    },
+    /// The engine could not be set up.
+    #[error("wasm engine: {0}")]
+    Engine(String),
+}
+
+impl ModuleError {
+    /// Short label for metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ModuleError::Read { .. } => "read",
+            ModuleError::TooLarge { .. } => "too_large",
+            ModuleError::NotAComponent => "not_a_component",
+            ModuleError::Compile(_) => "compile",
+            ModuleError::Imports(_) => "imports",
+            ModuleError::Exports(_) => "exports",
+            ModuleError::Instantiate(_) => "instantiate",
+            ModuleError::SelfTest { .. } => "self_test",
+            ModuleError::Engine(_) => "engine",
+        }
+    }
+}
+
+/// The engine, linker and epoch ticker: one per process, built at startup.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    max_module_bytes: usize,
+    ticker: Mutex<Option<u32>>,
+}
+
+impl Runtime {
+    /// An engine with epoch interruption, the pooling allocator sized for `config`, and
+    /// wasmtime's on-disk compilation cache when `config` has one.
+    pub fn new(config: &WasmConfig) -> Result<Arc<Self>, ModuleError> {
+        let engine_err = |e: wasmtime::Error| ModuleError::Engine(format!("{e:#}"));
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(MAX_INSTANCES)
+            .total_core_instances(MAX_INSTANCES * 4)
+            .total_memories(MAX_INSTANCES)
+            .total_tables(MAX_INSTANCES * 4)
+            .max_memory_size(usize::try_from(config.memory_bytes).unwrap_or(usize::MAX));
+        let mut wasm = Config::new();
+        wasm.wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if let Some(dir) = config.cache_dir() {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            wasm.cache(Some(wasmtime::Cache::new(cache).map_err(engine_err)?));
+        }
+        let engine = Engine::new(&wasm).map_err(engine_err)?;
+        let linker = host::linker(&engine).map_err(engine_err)?;
+        let runtime = Arc::new(Runtime {
+            engine,
+            linker,
+            max_module_bytes: config.max_module_bytes,
+            ticker: Mutex::new(None),
+        });
+        runtime.ensure_ticking();
+        Ok(runtime)
+    }
+
+    /// Starts the epoch ticker thread unless one runs in this process already. Threads do not
+    /// survive pingora's daemonizing fork, so this is called again from a background service
+    /// once the server runs.
+    pub fn ensure_ticking(&self) {
+        let pid = std::process::id();
+        let mut ticker = self.ticker.lock().unwrap_or_else(PoisonError::into_inner);
+        if *ticker == Some(pid) {
+            return;
+        }
+        let engine = self.engine.clone();
+        let spawned = std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(1));
+                engine.increment_epoch();
+            });
+        match spawned {
+            Ok(_) => *ticker = Some(pid),
+            Err(e) => tracing::error!(error = %e, "cannot start the wasm epoch ticker"),
+        }
+    }
+
+    /// Compiles and checks `bytes`: a component, importing only what the host provides,
+    /// exporting at least one known hook with the right functions.
+    pub fn compile(&self, bytes: Vec<u8>) -> Result<Code, ModuleError> {
+        if bytes.len() > self.max_module_bytes {
+            return Err(ModuleError::TooLarge {
+                size: bytes.len(),
+                max: self.max_module_bytes,
+            });
+        }
+        // The preamble: `\0asm`, then version 1 and layer 0 for a core module (a component has
+        // layer 1).
+        if bytes.starts_with(b"\0asm\x01\0\0\0") {
+            return Err(ModuleError::NotAComponent);
+        }
+        let component = Component::new(&self.engine, &bytes)
+            .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| ModuleError::Imports(format!("{e:#}")))?;
+        let exports = Exports::find(&pre, &component, &self.engine)?;
+        Ok(Code {
+            hash: content_hash(&bytes),
+            bytes: Arc::new(bytes),
+            pre,
+            exports,
+            loaded_at: SystemTime::now(),
+        })
+    }
+
+    /// The engine, for stores.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+/// What `proxy module check` runs: every check a load makes (component, imports, exports,
+/// first instance, self-test with `entry`'s config), offline and without a cache.
+pub fn check(
+    bytes: Vec<u8>,
+    entry: &ModuleConfig,
+    services: HostServices,
+) -> Result<Arc<Code>, ModuleError> {
+    let config = WasmConfig {
+        cache_dir: Some(std::path::PathBuf::new()),
+        ..WasmConfig::default()
+    };
+    let runtime = Runtime::new(&config)?;
+    let code = Arc::new(runtime.compile(bytes)?);
+    let spec = Arc::new(ModuleSpec::new(entry, &config));
+    Bound::prepare(spec, code.clone(), runtime, Arc::new(services))?;
+    Ok(code)
+}
+
+/// A module version's identity: the SHA-256 of its file, hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The export indices of the hooks a version has; `None` for hooks it does not export.
+struct Exports {
+    request: Option<wit::request_hook::GuestIndices>,
+    response: Option<wit::response_hook::GuestIndices>,
+    body: Option<wit::body_hook::GuestIndices>,
+    self_test: Option<wit::self_test::GuestIndices>,
+}
+
+impl Exports {
+    fn find(
+        pre: &InstancePre<HostState>,
+        component: &Component,
+        engine: &Engine,
+    ) -> Result<Self, ModuleError> {
+        fn optional<T>(
+            component: &Component,
+            name: &str,
+            indices: impl FnOnce() -> wasmtime::Result<T>,
+        ) -> Result<Option<T>, ModuleError> {
+            if component.get_export_index(None, name).is_none() {
+                return Ok(None);
+            }
+            indices()
+                .map(Some)
+                .map_err(|e| ModuleError::Exports(format!("{name}: {e:#}")))
+        }
+        let exports = Exports {
+            request: optional(component, REQUEST_HOOK, || {
+                wit::request_hook::GuestIndices::new(pre)
+            })?,
+            response: optional(component, RESPONSE_HOOK, || {
+                wit::response_hook::GuestIndices::new(pre)
+            })?,
+            body: optional(component, BODY_HOOK, || {
+                wit::body_hook::GuestIndices::new(pre)
+            })?,
+            self_test: optional(component, SELF_TEST, || {
+                wit::self_test::GuestIndices::new(pre)
+            })?,
+        };
+        if exports.request.is_none() && exports.response.is_none() && exports.body.is_none() {
+            let found: Vec<String> = component
+                .component_type()
+                .exports(engine)
+                .map(|(name, _)| name.to_owned())
+                .collect();
+            return Err(ModuleError::Exports(format!(
+                "no hook this proxy calls ({REQUEST_HOOK}, {RESPONSE_HOOK} or {BODY_HOOK}); \
+                 the module exports [{}]",
+                found.join(", ")
+            )));
+        }
+        Ok(exports)
+    }
+}
+
+/// One compiled, checked version of a module file.
+pub struct Code {
+    /// SHA-256 of the file, hex: the version's identity.
+    pub hash: String,
+    /// The file itself, kept to persist or re-activate this version.
+    pub bytes: Arc<Vec<u8>>,
+    pre: InstancePre<HostState>,
+    exports: Exports,
+    /// When it was compiled.
+    pub loaded_at: SystemTime,
+}
+
+impl Code {
+    /// The hooks this version exports, by WIT interface name.
+    pub fn hooks(&self) -> Vec<&'static str> {
+        let e = &self.exports;
+        [
+            (e.request.is_some(), "request-hook"),
+            (e.response.is_some(), "response-hook"),
+            (e.body.is_some(), "body-hook"),
+            (e.self_test.is_some(), "self-test"),
+        ]
+        .into_iter()
+        .filter_map(|(has, name)| has.then_some(name))
+        .collect()
+    }
+
+    /// The first 12 hex digits of the hash, as versions are shown.
+    pub fn short(&self) -> &str {
+        self.hash.get(..12).unwrap_or(&self.hash)
+    }
+}
+
+/// A `[[wasm.modules]]` entry as the runtime needs it.
+pub struct ModuleSpec {
+    /// Name, config and counters.
+    pub context: Arc<ModuleContext>,
+    /// The file stem its code comes from.
+    pub file: String,
+    /// Fail-open or fail-closed.
+    pub failure: FailurePolicy,
+    /// Status of a fail-closed failure.
+    pub failure_status: u16,
+    /// Where its body hook runs.
+    pub body_stage: BodyStage,
+    /// Epoch ticks per call.
+    deadline_ticks: u64,
+    memory_bytes: u64,
+}
+
+impl ModuleSpec {
+    /// The runtime view of `entry` under the `[wasm]` defaults of `config`.
+    pub fn new(entry: &ModuleConfig, config: &WasmConfig) -> Self {
+        Self {
+            context: Arc::new(ModuleContext::new(&entry.name, entry.config_strings())),
+            file: entry.file_stem().to_owned(),
+            failure: entry.failure,
+            failure_status: entry.failure_status,
+            body_stage: entry.body_stage,
+            // +1: the deadline is counted in whole ticks from a point inside the current one.
+            deadline_ticks: entry.cpu_ms_per_call.unwrap_or(config.cpu_ms_per_call) + 1,
+            memory_bytes: entry.memory_bytes.unwrap_or(config.memory_bytes),
+        }
+    }
+
+    /// The entry's name.
+    pub fn name(&self) -> &str {
+        &self.context.name
+    }
+}
+
+/// Why one hook call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// It ran past its CPU deadline.
+    Timeout,
+    /// It trapped (panic, unreachable, out of memory, ...).
+    Trap(String),
+    /// No instance could be made (memory cap below the module's minimum, pool exhausted).
+    Instantiate(String),
+    /// It returned something the host refuses (bad status, oversized body, invalid header).
+    BadReturn(String),
+}
+
+impl CallError {
+    /// The `outcome` label of `parallax_module_calls_total`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CallError::Timeout => "timeout",
+            CallError::Trap(_) => "trap",
+            CallError::Instantiate(_) => "instantiate_error",
+            CallError::BadReturn(_) => "bad_return",
+        }
+    }
+
+    fn from_wasmtime(e: &wasmtime::Error) -> Self {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => CallError::Timeout,
+            _ => CallError::Trap(first_line(&format!("{e:#}"))),
+        }
+    }
+}
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallError::Timeout => f.write_str("ran past its CPU deadline"),
+            CallError::Trap(why) => write!(f, "trapped: {why}"),
+            CallError::Instantiate(why) => write!(f, "cannot instantiate: {why}"),
+            CallError::BadReturn(why) => write!(f, "bad return: {why}"),
+        }
+    }
+}
+
+/// The message without wasmtime's multi-line wasm backtrace, for one log line.
+fn first_line(text: &str) -> String {
+    let mut line = text.lines().next().unwrap_or_default().to_owned();
+    if line.len() > 512 {
+        let mut cut = 512;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    line
+}
+
+/// A live instance and its loaded hook functions.
+pub struct Instance {
+    store: Store<HostState>,
+    request: Option<wit::request_hook::Guest>,
+    response: Option<wit::response_hook::Guest>,
+    body: Option<wit::body_hook::Guest>,
+    self_test: Option<wit::self_test::Guest>,
+}
+
+/// A module entry bound to one version of its code, with its pool of idle instances.
+pub struct Bound {
+    /// The entry.
+    pub spec: Arc<ModuleSpec>,
+    /// The version.
+    pub code: Arc<Code>,
+    runtime: Arc<Runtime>,
+    services: Arc<HostServices>,
+    idle: Mutex<Vec<Instance>>,
+}
+
+impl Bound {
+    /// Binds `spec` to `code`, makes a first instance (so the version's memory needs and start
+    /// function are checked now, not on a request) and runs its self-test if it exports one.
+    pub fn prepare(
+        spec: Arc<ModuleSpec>,
+        code: Arc<Code>,
+        runtime: Arc<Runtime>,
+        services: Arc<HostServices>,
+    ) -> Result<Arc<Self>, ModuleError> {
+        let bound = Bound {
+            spec,
+            code,
+            runtime,
+            services,
+            idle: Mutex::new(Vec::new()),
+        };
+        let mut instance = bound
+            .instantiate()
+            .map_err(|e| ModuleError::Instantiate(e.to_string()))?;
+        if let Some(test) = &instance.self_test {
+            let self_test = |reason: String| ModuleError::SelfTest {
+                module: bound.spec.name().to_owned(),
+                reason,
+            };
+            instance.store.set_epoch_deadline(bound.spec.deadline_ticks);
+            match test.call_run(&mut instance.store) {
+                Ok(Ok(())) => {}
+                Ok(Err(message)) => return Err(self_test(message)),
+                Err(e) => return Err(self_test(CallError::from_wasmtime(&e).to_string())),
+            }
+        }
+        bound.put_back(instance);
+        Ok(Arc::new(bound))
+    }
+
+    /// Whether this version exports the request hook.
+    pub fn has_request_hook(&self) -> bool {
+        self.code.exports.request.is_some()
+    }
+
+    /// Whether this version exports the response hook.
+    pub fn has_response_hook(&self) -> bool {
+        self.code.exports.response.is_some()
+    }
+
+    /// Whether this version exports the body hook for `stage`.
+    pub fn has_body_hook(&self, stage: BodyStage) -> bool {
+        self.code.exports.body.is_some() && self.spec.body_stage == stage
+    }
+
+    fn instantiate(&self) -> Result<Instance, CallError> {
+        let state = HostState::new(
+            self.spec.context.clone(),
+            self.services.clone(),
+            self.spec.memory_bytes,
+        );
+        let mut store = Store::new(self.runtime.engine(), state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(self.spec.deadline_ticks);
+        let fail = |e: wasmtime::Error| CallError::Instantiate(first_line(&format!("{e:#}")));
+        let instance = self.code.pre.instantiate(&mut store).map_err(fail)?;
+        let exports = &self.code.exports;
+        let request = match &exports.request {
+            Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
+            None => None,
+        };
+        let response = match &exports.response {
+            Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
+            None => None,
+        };
+        let body = match &exports.body {
+            Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
+            None => None,
+        };
+        let self_test = match &exports.self_test {
+            Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
+            None => None,
+        };
+        Ok(Instance {
+            store,
+            request,
+            response,
+            body,
+            self_test,
+        })
+    }
+
+    fn put_back(&self, instance: Instance) {
+        self.idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(instance);
+    }
+
+    /// Runs `call` on an idle instance (or a new one) under the CPU deadline. The instance goes
+    /// back to the pool after a clean return and is dropped after a trap.
+    fn with_instance<R>(
+        &self,
+        call: impl FnOnce(&mut Instance) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop();
+        let mut instance = match idle {
+            Some(instance) => instance,
+            None => self.instantiate()?,
+        };
+        instance.store.set_epoch_deadline(self.spec.deadline_ticks);
+        match call(&mut instance) {
+            Ok(value) => {
+                self.put_back(instance);
+                Ok(value)
+            }
+            Err(e) => Err(CallError::from_wasmtime(&e)),
+        }
+    }
+
+    /// Calls `on-request`.
+    pub fn on_request(&self, req: &wit::Request) -> Result<wit::RequestAction, CallError> {
+        self.with_instance(|i| match &i.request {
+            Some(hook) => hook.call_on_request(&mut i.store, req),
+            None => Ok(wit::RequestAction::Continue),
+        })
+    }
+
+    /// Calls `on-response`.
+    pub fn on_response(
+        &self,
+        req: &wit::Request,
+        resp: &wit::Response,
+    ) -> Result<wit::HeaderChanges, CallError> {
+        self.with_instance(|i| match &i.response {
+            Some(hook) => hook.call_on_response(&mut i.store, req, resp),
+            None => Ok(wit::HeaderChanges {
+                remove: Vec::new(),
+                set: Vec::new(),
+                append: Vec::new(),
+            }),
+        })
+    }
+
+    /// Calls `rewrite-body`.
+    pub fn rewrite_body(
+        &self,
+        req: &wit::Request,
+        content_type: &str,
+        body: &[u8],
+    ) -> Result<wit::BodyAction, CallError> {
+        self.with_instance(|i| match &i.body {
+            Some(hook) => hook.call_rewrite_body(&mut i.store, req, content_type, body),
+            None => Ok(wit::BodyAction::Unchanged),
+        })
+    }
+}
