@@ -48,6 +48,8 @@ use pingora::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::{CacheKey, CacheOptionOverrides, CachePhase, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::compression::ResponseCompressionBuilder;
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -62,7 +64,10 @@ use crate::metrics::Metrics;
 use crate::rules::CacheRules;
 use crate::storage::MokaStorage;
 use crate::upstream::{FailureReason, Group, OriginId, RequestKind, Upstreams};
-use crate::wasm::chain::{self, BodyBuffer, Verdict};
+use crate::wasm::chain::{
+    self, failure_error as module_failure, AfterCacheBody, AfterCacheBodyBuilder, BodyBuffer,
+    Verdict,
+};
 use crate::wasm::host::wit;
 use crate::wasm::{BodyStage, Chain, ModuleHost};
 
@@ -116,10 +121,9 @@ pub struct RequestCtx {
 struct ModuleState {
     chain: Chain,
     record: wit::Request,
-    /// The origin's playlist, for before-cache body hooks.
+    /// The origin's playlist, for before-cache body hooks (after-cache ones run in the
+    /// [`AfterCacheBody`] downstream module).
     before_cache: Option<BodyBuffer>,
-    /// The playlist to this client, for after-cache body hooks.
-    after_cache: Option<BodyBuffer>,
 }
 
 /// What the request path shares with the rest of the process: built once in
@@ -291,7 +295,6 @@ impl EdgeProxy {
                     chain,
                     record,
                     before_cache: None,
-                    after_cache: None,
                 }));
                 Ok(false)
             }
@@ -315,14 +318,6 @@ impl EdgeProxy {
             Verdict::Fail(status) => Err(module_failure(status)),
         }
     }
-}
-
-/// The error a fail-closed module failure answers with (already logged by the module chain).
-fn module_failure(status: u16) -> Box<Error> {
-    Error::explain(
-        ErrorType::HTTPStatus(status),
-        "policy module failed (fail-closed)",
-    )
 }
 
 /// One body filter call for a body hook stage: feeds `buffer` while it is collecting a
@@ -409,6 +404,14 @@ fn cache_status(phase: CachePhase) -> &'static str {
 #[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
+
+    fn init_downstream_modules(&self, modules: &mut HttpModules) {
+        // Pingora's default: its response compression module, off.
+        modules.add_module(ResponseCompressionBuilder::enable(0));
+        if self.shared.modules.is_some() {
+            modules.add_module(Box::new(AfterCacheBodyBuilder));
+        }
+    }
 
     fn new_ctx(&self) -> RequestCtx {
         RequestCtx {
@@ -664,34 +667,18 @@ impl ProxyHttp for EdgeProxy {
                 && chain::is_playlist(req.uri.path(), resp)
             {
                 chain::unframe(resp)?;
-                m.after_cache = Some(BodyBuffer::new(
-                    BodyStage::AfterCache,
-                    resp,
-                    self.module_max_body,
-                ));
+                let buffer = BodyBuffer::new(BodyStage::AfterCache, resp, self.module_max_body);
+                if let Some(body) = session.downstream_modules_ctx.get_mut::<AfterCacheBody>() {
+                    body.start(
+                        m.chain.clone(),
+                        m.record.clone(),
+                        buffer,
+                        self.shared.metrics.clone(),
+                    );
+                }
             }
         }
         Ok(())
-    }
-
-    fn response_body_filter(
-        &self,
-        _session: &mut Session,
-        body: &mut Option<Bytes>,
-        end_of_stream: bool,
-        ctx: &mut RequestCtx,
-    ) -> Result<Option<Duration>> {
-        if let Some(m) = ctx.modules.as_deref_mut() {
-            feed_body(
-                &mut m.after_cache,
-                &m.chain,
-                &m.record,
-                body,
-                end_of_stream,
-                &self.shared.metrics,
-            )?;
-        }
-        Ok(None)
     }
 
     // Errors and retries.

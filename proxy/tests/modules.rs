@@ -102,7 +102,7 @@ async fn token_auth_refuses_requests_without_a_valid_token_before_the_cache_and_
     assert_eq!(missing.header("x-parallax-auth"), Some("missing"));
     let forged = get(
         edge.proxy.addr,
-        "/live/a/1.ts?__token__=exp=9999999999~acl=/live/*~hmac=00",
+        "/live/a/1.ts?__token__=exp=9999999999~acl=/live/*~hmac=0000000000000000000000000000000000000000000000000000000000000000",
     )
     .await
     .unwrap();
@@ -307,28 +307,37 @@ async fn a_module_reads_what_the_admin_api_writes_to_the_key_value_store() {
 
 /// The test guest in every hostile mode behind its own path prefix, plus a path with no module.
 async fn hostile_edge(origin: &Origin) -> Edge {
-    // 128 MiB for `big` only, so its 100 MB answer reaches the host's body cap instead of
-    // failing inside the guest; every other module keeps the default 16 MiB.
+    // 128 MiB for `big` and `over`, so their answers are not cut short inside the guest by the
+    // memory cap; every other module keeps the default 16 MiB.
     let mut config = String::from("memory_bytes = 134217728\n");
+    let before_cache = "body_stage = \"before-cache\"\n";
     let modes = [
-        ("loop", "loop", "fail-closed", 503, ""),
-        ("alloc", "alloc", "fail-open", 503, ""),
-        ("trap", "trap", "fail-closed", 500, ""),
-        ("bad", "bad-status", "fail-closed", 502, ""),
+        ("loop", "loop", "fail-closed", 503, "", ""),
+        ("alloc", "alloc", "fail-open", 503, "", ""),
+        ("trap", "trap", "fail-closed", 500, "", ""),
+        ("bad", "bad-status", "fail-closed", 502, "", ""),
+        // 100 MB: the guest cannot even fill it within its 5 ms.
+        ("big", "big-body", "fail-open", 503, before_cache, ""),
+        // Just over the 1 MiB body cap, with time to build it: the host refuses the answer.
         (
-            "big",
+            "over",
             "big-body",
             "fail-open",
             503,
-            "body_stage = \"before-cache\"\n",
+            "body_stage = \"before-cache\"\ncpu_ms_per_call = 200\n",
+            ", big-bytes = \"1100000\"",
         ),
     ];
-    for (name, behave, failure, status, extra) in modes {
-        let memory = if name == "big" { 134217728 } else { 16 << 20 };
+    for (name, behave, failure, status, extra, more) in modes {
+        let memory = if matches!(name, "big" | "over") {
+            134217728
+        } else {
+            16 << 20
+        };
         config.push_str(&format!(
             "[[wasm.modules]]\nname = \"{name}\"\nfile = \"guest\"\nfailure = \"{failure}\"\n\
              failure_status = {status}\nmemory_bytes = {memory}\n{extra}\
-             config = {{ behave = \"{behave}\" }}\n"
+             config = {{ behave = \"{behave}\"{more} }}\n"
         ));
     }
     for (name, ..) in modes {
@@ -343,56 +352,60 @@ async fn hostile_edge(origin: &Origin) -> Edge {
 #[tokio::test]
 async fn a_looping_allocating_trapping_or_lying_module_is_contained_and_everyone_else_is_served() {
     let origin = Origin::start().await;
-    for prefix in ["loop", "alloc", "trap", "bad", "big", "plain"] {
+    for prefix in ["loop", "alloc", "trap", "bad", "big", "over", "plain"] {
         origin.set(&format!("/{prefix}/1.ts"), Reply::ok(pattern(1000, 3)));
+        origin.set(
+            &format!("/{prefix}/index.m3u8"),
+            Reply::ok("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n1.ts\n")
+                .header("content-type", "application/vnd.apple.mpegurl"),
+        );
     }
-    origin.set(
-        "/big/index.m3u8",
-        Reply::ok("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\n1.ts\n")
-            .header("content-type", "application/vnd.apple.mpegurl"),
-    );
     let edge = hostile_edge(&origin).await;
+    let fetch = |path: &'static str| {
+        let addr = edge.proxy.addr;
+        async move { get(addr, path).await.unwrap() }
+    };
 
     // Each hostile call in turn, with a well-behaved request after each one.
     let started = Instant::now();
-    let looped = get(edge.proxy.addr, "/loop/1.ts").await.unwrap();
+    let looped = fetch("/loop/1.ts").await;
     let loop_time = started.elapsed();
     assert_eq!(looped.status, 503, "fail-closed answers its failure_status");
     assert!(
         loop_time < Duration::from_secs(2),
         "the CPU deadline (5 ms) stops the loop, took {loop_time:?}"
     );
-    let alloc = get(edge.proxy.addr, "/alloc/1.ts").await.unwrap();
+    let alloc = fetch("/alloc/1.ts").await;
     assert_eq!(alloc.status, 200, "fail-open skips the module");
     assert_eq!(alloc.body, pattern(1000, 3));
     assert_eq!(
-        get(edge.proxy.addr, "/trap/1.ts").await.unwrap().status,
-        500
+        fetch("/trap/1.ts").await.status,
+        500,
+        "{}",
+        edge.proxy.log()
     );
-    assert_eq!(get(edge.proxy.addr, "/bad/1.ts").await.unwrap().status, 502);
-    let big = get(edge.proxy.addr, "/big/index.m3u8").await.unwrap();
-    assert_eq!(
-        big.status, 200,
-        "fail-open: the playlist goes out unchanged"
-    );
-    assert!(big.complete);
-    assert!(
-        big.body.starts_with(b"#EXTM3U"),
-        "{:?}",
-        &big.body[..big.body.len().min(64)]
-    );
-    assert!(big.body.len() < 1000);
+    assert_eq!(fetch("/bad/1.ts").await.status, 502);
+    for path in ["/big/index.m3u8", "/over/index.m3u8"] {
+        let resp = fetch(path).await;
+        assert_eq!(
+            resp.status, 200,
+            "fail-open: the playlist goes out unchanged"
+        );
+        assert!(resp.complete, "{path}");
+        assert!(resp.body.starts_with(b"#EXTM3U"), "{path}");
+        assert!(resp.body.len() < 1000, "{path}");
+    }
+    assert_eq!(fetch("/plain/1.ts").await.body, pattern(1000, 3));
 
     // Again, concurrently with clean traffic: nobody else notices.
-    let mut clean = Vec::new();
+    let mut mixed = Vec::new();
     for _ in 0..20 {
-        let addr = edge.proxy.addr;
-        clean.push(tokio::spawn(async move { get(addr, "/plain/1.ts").await }));
-        clean.push(tokio::spawn(async move { get(addr, "/loop/1.ts").await }));
-        clean.push(tokio::spawn(async move { get(addr, "/trap/1.ts").await }));
+        mixed.push(tokio::spawn(fetch("/plain/1.ts")));
+        mixed.push(tokio::spawn(fetch("/loop/1.ts")));
+        mixed.push(tokio::spawn(fetch("/trap/1.ts")));
     }
-    for (i, task) in clean.into_iter().enumerate() {
-        let resp = task.await.unwrap().unwrap();
+    for (i, task) in mixed.into_iter().enumerate() {
+        let resp = task.await.unwrap();
         let expected = [200, 503, 500][i % 3];
         assert_eq!(resp.status, expected, "request {i}");
         if expected == 200 {
@@ -401,22 +414,29 @@ async fn a_looping_allocating_trapping_or_lying_module_is_contained_and_everyone
     }
 
     let metrics = metrics_text(edge.metrics).await;
+    let failures = |module: &str, outcome: &str| {
+        sample(
+            &metrics,
+            "parallax_module_calls_total",
+            &[
+                &format!("module=\"{module}\""),
+                &format!("outcome=\"{outcome}\""),
+            ],
+        )
+    };
+    assert!(
+        failures("alloc", "trap") + failures("alloc", "timeout") >= 1.0,
+        "alloc ends in a trap (memory cap) or at its deadline:\n{metrics}"
+    );
     for (module, outcome) in [
         ("loop", "timeout"),
-        ("alloc", "trap"),
         ("trap", "trap"),
         ("bad", "bad_return"),
-        ("big", "bad_return"),
+        ("big", "timeout"),
+        ("over", "bad_return"),
     ] {
         assert!(
-            sample(
-                &metrics,
-                "parallax_module_calls_total",
-                &[
-                    &format!("module=\"{module}\""),
-                    &format!("outcome=\"{outcome}\"")
-                ]
-            ) >= 1.0,
+            failures(module, outcome) >= 1.0,
             "{module} {outcome}:\n{metrics}"
         );
     }

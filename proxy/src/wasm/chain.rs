@@ -5,13 +5,19 @@
 //! The request path ([`crate::service`]) calls, per request that matches a chain:
 //! 1. [`run_request_hooks`] in `request_filter`, before the cache lookup;
 //! 2. [`run_response_hooks`] in `response_filter` (and on local responses);
-//! 3. a [`BodyBuffer`] fed from `upstream_response_body_filter` (before-cache stage) or
-//!    `response_body_filter` (after-cache stage), which runs [`run_body_hooks`] once the whole
-//!    playlist is in.
+//! 3. a [`BodyBuffer`] fed from `upstream_response_body_filter` (before-cache stage) or from
+//!    the [`AfterCacheBody`] downstream module (after-cache stage), which runs
+//!    [`run_body_hooks`] once the whole playlist is in.
 
+use std::any::Any;
+use std::sync::Arc;
+
+use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderName, HeaderValue, StatusCode};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::{HttpModule, HttpModuleBuilder, Module};
+use pingora::{Error, ErrorType};
 
 use super::config::{BodyStage, FailurePolicy};
 use super::host::wit;
@@ -112,6 +118,14 @@ pub fn failed(
         FailurePolicy::FailClosed => Some(spec.failure_status),
         FailurePolicy::FailOpen => None,
     }
+}
+
+/// The error a fail-closed failure answers with (the failure is already logged by [`failed`]).
+pub fn failure_error(status: u16) -> Box<Error> {
+    Error::explain(
+        ErrorType::HTTPStatus(status),
+        "policy module failed (fail-closed)",
+    )
 }
 
 fn succeeded(bound: &Bound, hook: Hook, metrics: &Metrics) {
@@ -469,6 +483,100 @@ impl BodyBuffer {
         )?;
         *body = Some(rewritten.map_or(original, Bytes::from));
         Ok(false)
+    }
+}
+
+/// The after-cache body hooks, as a pingora downstream module (one per request).
+///
+/// A body streamed to the client from the cache (a hit, or a miss whose fill the client reads
+/// as it arrives) ends with pingora's `Done` task, which `ProxyHttp::response_body_filter`
+/// never sees; downstream modules get it as `response_done_filter`. So the playlist is collected
+/// here, and the request path hands this module its job in `response_filter` ([`start`]).
+///
+/// [`start`]: AfterCacheBody::start
+#[derive(Default)]
+pub struct AfterCacheBody {
+    job: Option<BodyJob>,
+}
+
+struct BodyJob {
+    chain: Chain,
+    record: wit::Request,
+    buffer: BodyBuffer,
+    metrics: Arc<Metrics>,
+}
+
+impl AfterCacheBody {
+    /// Collects this response's body for `chain`'s after-cache body hooks.
+    pub fn start(
+        &mut self,
+        chain: Chain,
+        record: wit::Request,
+        buffer: BodyBuffer,
+        metrics: Arc<Metrics>,
+    ) {
+        self.job = Some(BodyJob {
+            chain,
+            record,
+            buffer,
+            metrics,
+        });
+    }
+
+    /// Feeds the job, if any; the job ends when the buffer is done with.
+    fn feed(&mut self, body: &mut Option<Bytes>, end: bool) -> pingora::Result<()> {
+        let Some(job) = self.job.as_mut() else {
+            return Ok(());
+        };
+        match job
+            .buffer
+            .feed(&job.chain, &job.record, body, end, &job.metrics)
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => {
+                self.job = None;
+                Ok(())
+            }
+            Err(status) => {
+                self.job = None;
+                Err(failure_error(status))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl HttpModule for AfterCacheBody {
+    fn response_body_filter(
+        &mut self,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+    ) -> pingora::Result<()> {
+        self.feed(body, end_of_stream)
+    }
+
+    fn response_done_filter(&mut self) -> pingora::Result<Option<Bytes>> {
+        let mut body = None;
+        self.feed(&mut body, true)?;
+        Ok(body)
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// Builds an [`AfterCacheBody`] per request; added to the downstream modules only while
+/// policy modules are on.
+pub struct AfterCacheBodyBuilder;
+
+impl HttpModuleBuilder for AfterCacheBodyBuilder {
+    fn init(&self) -> Module {
+        Box::new(AfterCacheBody::default())
     }
 }
 

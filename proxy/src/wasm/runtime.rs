@@ -407,6 +407,37 @@ impl std::fmt::Display for CallError {
     }
 }
 
+/// Runs a guest call, turning a trap into [`CallError`] and a panic that unwinds out of it into
+/// a trap as well.
+///
+/// wasmtime-wasi's synchronous bindings run their blocking functions (stream writes such as
+/// stderr, `poll`) through `Handle::block_on`, which panics on a tokio worker thread — where
+/// every hook runs. A Rust guest writes its panic message to stderr, so any guest that panics
+/// would otherwise take the worker thread down with it. wasmtime carries a host panic back out
+/// through the wasm frames; it is caught here and the instance is dropped like after any trap.
+fn contained<R>(call: impl FnOnce() -> wasmtime::Result<R>) -> Result<R, CallError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(CallError::from_wasmtime(&e)),
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(CallError::Trap(
+                if message.contains("Cannot start a runtime") {
+                    "called a blocking WASI function (stdout/stderr, poll, sleep), which modules \
+                     cannot use on the request path (a Rust panic message goes to stderr)"
+                        .to_owned()
+                } else {
+                    format!("host panic: {}", first_line(&message))
+                },
+            ))
+        }
+    }
+}
+
 /// The message without wasmtime's multi-line wasm backtrace, for one log line.
 fn first_line(text: &str) -> String {
     let mut line = text.lines().next().unwrap_or_default().to_owned();
@@ -465,10 +496,10 @@ impl Bound {
                 reason,
             };
             instance.store.set_epoch_deadline(bound.spec.deadline_ticks);
-            match test.call_run(&mut instance.store) {
+            match contained(|| test.call_run(&mut instance.store)) {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(self_test(message)),
-                Err(e) => return Err(self_test(CallError::from_wasmtime(&e).to_string())),
+                Err(e) => return Err(self_test(e.to_string())),
             }
         }
         bound.put_back(instance);
@@ -501,7 +532,11 @@ impl Bound {
         store.epoch_deadline_trap();
         store.set_epoch_deadline(self.spec.deadline_ticks);
         let fail = |e: wasmtime::Error| CallError::Instantiate(first_line(&format!("{e:#}")));
-        let instance = self.code.pre.instantiate(&mut store).map_err(fail)?;
+        let instance =
+            contained(|| self.code.pre.instantiate(&mut store)).map_err(|e| match e {
+                CallError::Trap(why) => CallError::Instantiate(why),
+                other => other,
+            })?;
         let exports = &self.code.exports;
         let request = match &exports.request {
             Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
@@ -551,12 +586,12 @@ impl Bound {
             None => self.instantiate()?,
         };
         instance.store.set_epoch_deadline(self.spec.deadline_ticks);
-        match call(&mut instance) {
+        match contained(|| call(&mut instance)) {
             Ok(value) => {
                 self.put_back(instance);
                 Ok(value)
             }
-            Err(e) => Err(CallError::from_wasmtime(&e)),
+            Err(e) => Err(e),
         }
     }
 
