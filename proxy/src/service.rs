@@ -660,8 +660,12 @@ impl ProxyHttp for EdgeProxy {
         resp.insert_header(header::VIA, via)?;
         if let Some(m) = ctx.modules.as_deref_mut() {
             let metrics = &self.shared.metrics;
-            chain::run_response_hooks(&m.chain, &m.record, resp, cache, metrics)
-                .map_err(module_failure)?;
+            if let Err(status) =
+                chain::run_response_hooks(&m.chain, &m.record, resp, cache, metrics)
+            {
+                *resp = chain::failure_response(status)?;
+                return Ok(());
+            }
             let req = session.req_header();
             if chain::wants_body(&m.chain, BodyStage::AfterCache, &req.method, resp.status)
                 && chain::is_playlist(req.uri.path(), resp)

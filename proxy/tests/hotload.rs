@@ -81,6 +81,9 @@ async fn a_hundred_swaps_through_the_watched_directory_under_load_fail_no_reques
                     Err(_) => (false, None, 0),
                 };
                 results.lock().unwrap().push(outcome);
+                // Paced so 30 s of new connections stay far from the ephemeral port range
+                // (each closed connection sits in TIME_WAIT for a minute).
+                tokio::time::sleep(Duration::from_millis(10)).await;
             }
         }));
     }
@@ -124,7 +127,23 @@ async fn a_hundred_swaps_through_the_watched_directory_under_load_fail_no_reques
         "the load ran: {} requests",
         results.len()
     );
-    assert_eq!(failed, 0, "failed requests among {}", results.len());
+    let statuses: Vec<u16> = results
+        .iter()
+        .filter(|(ok, _, _)| !ok)
+        .map(|(_, _, status)| *status)
+        .collect();
+    assert_eq!(
+        failed,
+        0,
+        "failed requests among {} (statuses, 0 = no response): {statuses:?}\n{}",
+        results.len(),
+        proxy
+            .log()
+            .lines()
+            .filter(|l| l.contains("WARN") || l.contains("ERROR") || l.contains("status=5"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     assert_eq!(mixed, 0, "responses not from exactly one version");
     let slowest = live_after.iter().max().copied().unwrap_or_default();
     eprintln!(

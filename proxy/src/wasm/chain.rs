@@ -128,6 +128,17 @@ pub fn failure_error(status: u16) -> Box<Error> {
     )
 }
 
+/// What a fail-closed failure in the response hook turns the response into: the module's
+/// status with an empty body. It replaces the header in place rather than failing the request,
+/// because pingora answers a failed response filter on a cache hit with its own 500; the body
+/// that follows is dropped by the framing (`Content-Length: 0`).
+pub fn failure_response(status: u16) -> pingora::Result<ResponseHeader> {
+    let mut head = ResponseHeader::build(status, Some(2))?;
+    head.insert_header(header::CONTENT_LENGTH, 0)?;
+    head.insert_header(header::CACHE_CONTROL, "no-store")?;
+    Ok(head)
+}
+
 fn succeeded(bound: &Bound, hook: Hook, metrics: &Metrics) {
     metrics
         .module_calls

@@ -88,6 +88,53 @@ pub struct HostState {
     /// no sockets, closed stdio. Rust-std guests import these interfaces even when unused.
     wasi: WasiCtx,
     table: ResourceTable,
+    /// When the current call started, for its CPU deadline.
+    pub(crate) call: CallClock,
+}
+
+/// The CPU budget of the call in progress.
+///
+/// Epoch ticks count wall-clock time, and on a busy machine a worker thread can be preempted
+/// for several milliseconds in the middle of a call. So the epoch deadline only triggers a
+/// check ([`CallClock::verdict`]): the call is interrupted once the *thread's CPU time* since
+/// the call started passes the budget, or once wall-clock time passes a generous backstop.
+#[derive(Debug, Clone, Copy)]
+pub struct CallClock {
+    cpu_start: Duration,
+    wall_start: std::time::Instant,
+    budget: Duration,
+}
+
+/// CPU time the calling thread has used.
+pub fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+impl CallClock {
+    /// A call with `budget` of CPU time starting now.
+    pub fn start(budget: Duration) -> Self {
+        Self {
+            cpu_start: thread_cpu_time(),
+            wall_start: std::time::Instant::now(),
+            budget,
+        }
+    }
+
+    /// At an epoch deadline: `None` to interrupt the call, else the milliseconds to extend it
+    /// by (what is left of the CPU budget, at least one tick).
+    pub fn verdict(&self) -> Option<u64> {
+        let used = thread_cpu_time().saturating_sub(self.cpu_start);
+        let backstop = (self.budget * 20).max(Duration::from_millis(100));
+        if used >= self.budget || self.wall_start.elapsed() >= backstop {
+            return None;
+        }
+        let left = self.budget - used;
+        Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1))
+    }
 }
 
 impl HostState {
@@ -106,6 +153,7 @@ impl HostState {
             limits,
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
+            call: CallClock::start(Duration::ZERO),
         }
     }
 }

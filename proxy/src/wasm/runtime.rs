@@ -15,7 +15,10 @@
 //! # Limits
 //!
 //! - CPU: epoch interruption. A ticker thread advances the engine's epoch every millisecond;
-//!   each call gets a deadline of `cpu_ms_per_call + 1` ticks and traps when it passes.
+//!   each call gets a deadline of `cpu_ms_per_call + 1` ticks. When it passes, the call is
+//!   interrupted if the thread has spent `cpu_ms_per_call` of CPU time in it (or 20 times that
+//!   in wall-clock time), and extended otherwise: a call preempted by the scheduler on a busy
+//!   machine is not charged for the time it did not run ([`host::CallClock`]).
 //! - Memory: each store's [`wasmtime::StoreLimits`] cap linear memory at `memory_bytes`.
 //! - Capabilities: the linker has the `host` world's imports and WASI 0.2 with an empty context;
 //!   a module importing anything else is rejected when it is loaded.
@@ -25,10 +28,13 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, InstancePre, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 
 use super::config::{BodyStage, FailurePolicy, ModuleConfig, WasmConfig};
-use super::host::{self, wit, HostServices, HostState, ModuleContext};
+use super::host::{self, wit, CallClock, HostServices, HostState, ModuleContext};
 
 /// The hook interfaces a module may export, by their WIT names.
 pub const REQUEST_HOOK: &str = "parallax:policy/request-hook@0.1.0";
@@ -340,6 +346,8 @@ pub struct ModuleSpec {
     pub body_stage: BodyStage,
     /// Epoch ticks per call.
     deadline_ticks: u64,
+    /// CPU time per call.
+    cpu_budget: Duration,
     memory_bytes: u64,
 }
 
@@ -354,6 +362,9 @@ impl ModuleSpec {
             body_stage: entry.body_stage,
             // +1: the deadline is counted in whole ticks from a point inside the current one.
             deadline_ticks: entry.cpu_ms_per_call.unwrap_or(config.cpu_ms_per_call) + 1,
+            cpu_budget: Duration::from_millis(
+                entry.cpu_ms_per_call.unwrap_or(config.cpu_ms_per_call),
+            ),
             memory_bytes: entry.memory_bytes.unwrap_or(config.memory_bytes),
         }
     }
@@ -495,7 +506,7 @@ impl Bound {
                 module: bound.spec.name().to_owned(),
                 reason,
             };
-            instance.store.set_epoch_deadline(bound.spec.deadline_ticks);
+            bound.start_call(&mut instance.store);
             match contained(|| test.call_run(&mut instance.store)) {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(self_test(message)),
@@ -529,8 +540,13 @@ impl Bound {
         );
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(self.spec.deadline_ticks);
+        store.epoch_deadline_callback(|store| {
+            Ok(match store.data().call.verdict() {
+                Some(ticks) => UpdateDeadline::Continue(ticks),
+                None => UpdateDeadline::Interrupt,
+            })
+        });
+        self.start_call(&mut store);
         let fail = |e: wasmtime::Error| CallError::Instantiate(first_line(&format!("{e:#}")));
         let instance =
             contained(|| self.code.pre.instantiate(&mut store)).map_err(|e| match e {
@@ -563,6 +579,12 @@ impl Bound {
         })
     }
 
+    /// Arms the CPU deadline for a call about to start on `store`.
+    fn start_call(&self, store: &mut Store<HostState>) {
+        store.data_mut().call = CallClock::start(self.spec.cpu_budget);
+        store.set_epoch_deadline(self.spec.deadline_ticks);
+    }
+
     fn put_back(&self, instance: Instance) {
         self.idle
             .lock()
@@ -585,7 +607,7 @@ impl Bound {
             Some(instance) => instance,
             None => self.instantiate()?,
         };
-        instance.store.set_epoch_deadline(self.spec.deadline_ticks);
+        self.start_call(&mut instance.store);
         match contained(|| call(&mut instance)) {
             Ok(value) => {
                 self.put_back(instance);
