@@ -30,15 +30,27 @@ const UNKNOWN_IMPORT_WAT: &str = r#"
 /// A core WebAssembly module (not a component).
 const CORE_MODULE: &[u8] = b"\0asm\x01\0\0\0";
 
-/// Config for one module entry `swap` on file `swap` behind `/live/`, plus `extra`.
-fn swap_config(modules_dir: &Path, admin: SocketAddr, origin: &Origin, extra: &str) -> String {
+/// Config for one module entry `swap` on file `swap` behind `/live/`.
+fn swap_config(modules_dir: &Path, admin: SocketAddr, origin: &Origin) -> String {
     format!(
         "[admin]\nenabled = true\nlisten = \"{admin}\"\ntoken = \"{TOKEN}\"\n\
-         [wasm]\nenabled = true\nmodules_dir = {modules_dir:?}\n{extra}\n\
+         [wasm]\nenabled = true\nmodules_dir = {modules_dir:?}\n\
          [[wasm.modules]]\nname = \"swap\"\nfile = \"swap\"\nconfig = {{ greeting = \"A\", tag = \"B\" }}\n\
          [[wasm.chains]]\npath_prefix = \"/live/\"\nmodules = [\"swap\"]\n{}",
         upstream_config(origin, None)
     )
+}
+
+/// An origin serving `body` at `/live/a.ts`, a modules directory holding the template as
+/// `swap.wasm`, and a proxy running it (see [`swap_config`]) with its admin address.
+async fn swap_proxy(body: &[u8]) -> (Origin, std::path::PathBuf, SocketAddr, Proxy) {
+    let origin = Origin::start().await;
+    origin.set("/live/a.ts", Reply::ok(body.to_vec()));
+    let dir = temp_dir("modules");
+    install_module("module-template", &dir, "swap");
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let proxy = Proxy::start(&swap_config(&dir, admin, &origin)).await;
+    (origin, dir, admin, proxy)
 }
 
 /// Which of the two versions answered: the template sets `x-module-template`, the test guest
@@ -57,12 +69,7 @@ fn version_of(resp: &Response) -> Option<&'static str> {
 #[tokio::test]
 async fn a_hundred_swaps_through_the_watched_directory_under_load_fail_no_request_and_each_is_live_within_a_second(
 ) {
-    let origin = Origin::start().await;
-    origin.set("/live/a.ts", Reply::ok(pattern(5000, 9)));
-    let dir = temp_dir("modules");
-    install_module("module-template", &dir, "swap");
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let proxy = Proxy::start(&swap_config(&dir, admin, &origin, "")).await;
+    let (_origin, dir, _admin, proxy) = swap_proxy(&pattern(5000, 9)).await;
 
     // Viewers fetching continuously while the module is swapped under them.
     let stop = Arc::new(AtomicBool::new(false));
@@ -174,12 +181,7 @@ async fn admin_call(
 
 #[tokio::test]
 async fn uploads_activate_atomically_persist_and_roll_back_and_a_rejected_upload_changes_nothing() {
-    let origin = Origin::start().await;
-    origin.set("/live/a.ts", Reply::ok("segment"));
-    let dir = temp_dir("modules");
-    install_module("module-template", &dir, "swap");
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let proxy = Proxy::start(&swap_config(&dir, admin, &origin, "")).await;
+    let (_origin, dir, admin, proxy) = swap_proxy(b"segment").await;
     let which = || async { version_of(&get(proxy.addr, "/live/a.ts").await.unwrap()) };
     assert_eq!(which().await, Some("module-template"));
 
@@ -250,12 +252,7 @@ async fn uploads_activate_atomically_persist_and_roll_back_and_a_rejected_upload
 #[tokio::test]
 async fn an_invalid_file_dropped_in_the_directory_is_rejected_with_a_log_line_and_the_running_version_stays(
 ) {
-    let origin = Origin::start().await;
-    origin.set("/live/a.ts", Reply::ok("segment"));
-    let dir = temp_dir("modules");
-    install_module("module-template", &dir, "swap");
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let proxy = Proxy::start(&swap_config(&dir, admin, &origin, "")).await;
+    let (_origin, dir, admin, proxy) = swap_proxy(b"segment").await;
 
     std::fs::write(
         dir.join(".swap.tmp"),
@@ -321,7 +318,7 @@ async fn startup_refuses_a_missing_module_an_unknown_import_and_a_failing_self_t
     let origin = Origin::start().await;
     let dir = temp_dir("modules");
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let config = swap_config(&dir, admin, &origin, "");
+    let config = swap_config(&dir, admin, &origin);
     let config = format!("{config}\n[listen]\nhttp = \"127.0.0.1:{}\"\n", free_port());
 
     let (ok, out) = proxy_test_config(&dir, &config);
