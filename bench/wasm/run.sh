@@ -19,13 +19,15 @@ THREADS=${THREADS:-1}
 WORK=$(mktemp -d /tmp/parallax-bench-wasm.XXXXXX)
 PIDS+=("")
 
-(cd "$ROOT" && cargo build --release -q -p parallax-proxy \
-  && cargo build --release -q --target wasm32-wasip2 -p token-auth -p region-steer -p playlist-rewrite)
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
-PROXY_BIN="$TARGET/release/proxy"
+# The guests go to the same target dir the proxy's tests build them in.
+[ -n "${PROXY_BIN:-}" ] || (cd "$ROOT" && cargo build --release -q -p parallax-proxy \
+  && cargo build --release -q --locked --target wasm32-wasip2 --target-dir "$TARGET/wasm-guests" \
+       -p token-auth -p region-steer -p playlist-rewrite)
+PROXY_BIN="${PROXY_BIN:-$TARGET/release/proxy}"  # set PROXY_BIN to skip the build (dry runs)
 mkdir -p "$WORK/modules"
 for m in token_auth region_steer playlist_rewrite; do
-  cp "$TARGET/wasm32-wasip2/release/$m.wasm" "$WORK/modules/${m//_/-}.wasm"
+  cp "$TARGET/wasm-guests/wasm32-wasip2/release/$m.wasm" "$WORK/modules/${m//_/-}.wasm"
 done
 
 ORIGIN=$(free_port)

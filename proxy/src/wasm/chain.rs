@@ -29,11 +29,11 @@ use crate::metrics::Metrics;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     /// `on-request`.
-    Request,
+    Request = 0,
     /// `on-response`.
-    Response,
+    Response = 1,
     /// `rewrite-body`.
-    Body,
+    Body = 2,
 }
 
 impl Hook {
@@ -139,11 +139,8 @@ pub fn failure_response(status: u16) -> pingora::Result<ResponseHeader> {
     Ok(head)
 }
 
-fn succeeded(bound: &Bound, hook: Hook, metrics: &Metrics) {
-    metrics
-        .module_calls
-        .with_label_values(&[bound.spec.name(), hook.as_str(), "ok"])
-        .inc();
+fn succeeded(bound: &Bound, hook: Hook) {
+    bound.count_ok(hook as usize);
 }
 
 /// Runs every request hook of `chain` in order on `record` (which mirrors `req`), applying each
@@ -167,9 +164,9 @@ pub fn run_request_hooks(
             wit::RequestAction::Redirect(redirect) => redirect_response(redirect).map(Some),
         });
         match outcome {
-            Ok(None) => succeeded(bound, Hook::Request, metrics),
+            Ok(None) => succeeded(bound, Hook::Request),
             Ok(Some((head, body))) => {
-                succeeded(bound, Hook::Request, metrics);
+                succeeded(bound, Hook::Request);
                 return Verdict::Respond(head, body);
             }
             Err(e) => {
@@ -342,7 +339,7 @@ pub fn run_response_hooks(
             .on_response(record, &view)
             .and_then(|changes| apply_header_changes(changes, resp));
         match outcome {
-            Ok(()) => succeeded(bound, Hook::Response, metrics),
+            Ok(()) => succeeded(bound, Hook::Response),
             Err(e) => {
                 if let Some(status) = failed(bound, Hook::Response, &e, &record.path, metrics) {
                     return Err(status);
@@ -618,7 +615,7 @@ pub fn run_body_hooks(
                 });
         match outcome {
             Ok(new) => {
-                succeeded(bound, Hook::Body, metrics);
+                succeeded(bound, Hook::Body);
                 if new.is_some() {
                     current = new;
                 }

@@ -480,6 +480,9 @@ pub struct Bound {
     runtime: Arc<Runtime>,
     services: Arc<HostServices>,
     idle: Mutex<Vec<Instance>>,
+    /// `parallax_module_calls_total{outcome="ok"}` for the request, response and body hooks,
+    /// resolved once instead of a label lookup per call.
+    ok_calls: [prometheus::IntCounter; 3],
 }
 
 impl Bound {
@@ -491,12 +494,19 @@ impl Bound {
         runtime: Arc<Runtime>,
         services: Arc<HostServices>,
     ) -> Result<Arc<Self>, ModuleError> {
+        let ok_calls = ["request", "response", "body"].map(|hook| {
+            services
+                .metrics
+                .module_calls
+                .with_label_values(&[spec.name(), hook, "ok"])
+        });
         let bound = Bound {
             spec,
             code,
             runtime,
             services,
             idle: Mutex::new(Vec::new()),
+            ok_calls,
         };
         let mut instance = bound
             .instantiate()
@@ -515,6 +525,13 @@ impl Bound {
         }
         bound.put_back(instance);
         Ok(Arc::new(bound))
+    }
+
+    /// Counts a call of `hook` (0 request, 1 response, 2 body) that went well.
+    pub fn count_ok(&self, hook: usize) {
+        if let Some(counter) = self.ok_calls.get(hook) {
+            counter.inc();
+        }
     }
 
     /// Whether this version exports the request hook.
