@@ -65,8 +65,7 @@ use crate::rules::CacheRules;
 use crate::storage::MokaStorage;
 use crate::upstream::{FailureReason, Group, OriginId, RequestKind, Upstreams};
 use crate::wasm::chain::{
-    self, failure_error as module_failure, AfterCacheBody, AfterCacheBodyBuilder, BodyBuffer,
-    Verdict,
+    self, failure_error as module_failure, BodyBuffer, BodyRewrite, BodyRewriteBuilder, Verdict,
 };
 use crate::wasm::host::wit;
 use crate::wasm::{BodyStage, Chain, ModuleHost};
@@ -121,9 +120,9 @@ pub struct RequestCtx {
 struct ModuleState {
     chain: Chain,
     record: wit::Request,
-    /// The origin's playlist, for before-cache body hooks (after-cache ones run in the
-    /// [`AfterCacheBody`] downstream module).
-    before_cache: Option<BodyBuffer>,
+    /// The origin's playlist, for before-cache body hooks (the after-cache stage runs as a
+    /// downstream module).
+    before_cache: BodyRewrite,
 }
 
 /// What the request path shares with the rest of the process: built once in
@@ -250,9 +249,7 @@ impl EdgeProxy {
             .get(name)
             .is_some_and(|v| constant_time_eq(v.as_bytes(), secret))
     }
-}
 
-impl EdgeProxy {
     /// Runs the request hooks of `chain` (request filter phase). `Ok(true)`: a module answered
     /// and the response is written.
     async fn run_request_modules(
@@ -294,7 +291,7 @@ impl EdgeProxy {
                 ctx.modules = Some(Box::new(ModuleState {
                     chain,
                     record,
-                    before_cache: None,
+                    before_cache: BodyRewrite::default(),
                 }));
                 Ok(false)
             }
@@ -316,32 +313,6 @@ impl EdgeProxy {
                 Ok(true)
             }
             Verdict::Fail(status) => Err(module_failure(status)),
-        }
-    }
-}
-
-/// One body filter call for a body hook stage: feeds `buffer` while it is collecting a
-/// playlist, and drops it once done.
-fn feed_body(
-    buffer: &mut Option<BodyBuffer>,
-    chain: &Chain,
-    record: &wit::Request,
-    body: &mut Option<Bytes>,
-    end_of_stream: bool,
-    metrics: &Metrics,
-) -> Result<()> {
-    let Some(collecting) = buffer.as_mut() else {
-        return Ok(());
-    };
-    match collecting.feed(chain, record, body, end_of_stream, metrics) {
-        Ok(true) => Ok(()),
-        Ok(false) => {
-            *buffer = None;
-            Ok(())
-        }
-        Err(status) => {
-            *buffer = None;
-            Err(module_failure(status))
         }
     }
 }
@@ -409,7 +380,7 @@ impl ProxyHttp for EdgeProxy {
         // Pingora's default: its response compression module, off.
         modules.add_module(ResponseCompressionBuilder::enable(0));
         if self.shared.modules.is_some() {
-            modules.add_module(Box::new(AfterCacheBodyBuilder));
+            modules.add_module(Box::new(BodyRewriteBuilder));
         }
     }
 
@@ -606,11 +577,14 @@ impl ProxyHttp for EdgeProxy {
             {
                 // Before the cache sees the header: the stored object is the rewritten one.
                 chain::unframe(upstream)?;
-                m.before_cache = Some(BodyBuffer::new(
-                    BodyStage::BeforeCache,
-                    upstream,
-                    self.module_max_body,
-                ));
+                let buffer =
+                    BodyBuffer::new(BodyStage::BeforeCache, upstream, self.module_max_body);
+                m.before_cache.start(
+                    m.chain.clone(),
+                    m.record.clone(),
+                    buffer,
+                    self.shared.metrics.clone(),
+                );
             }
         }
         Ok(())
@@ -624,14 +598,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         if let Some(m) = ctx.modules.as_deref_mut() {
-            feed_body(
-                &mut m.before_cache,
-                &m.chain,
-                &m.record,
-                body,
-                end_of_stream,
-                &self.shared.metrics,
-            )?;
+            m.before_cache.feed(body, end_of_stream)?;
         }
         Ok(None)
     }
@@ -672,7 +639,7 @@ impl ProxyHttp for EdgeProxy {
             {
                 chain::unframe(resp)?;
                 let buffer = BodyBuffer::new(BodyStage::AfterCache, resp, self.module_max_body);
-                if let Some(body) = session.downstream_modules_ctx.get_mut::<AfterCacheBody>() {
+                if let Some(body) = session.downstream_modules_ctx.get_mut::<BodyRewrite>() {
                     body.start(
                         m.chain.clone(),
                         m.record.clone(),

@@ -5,8 +5,8 @@
 //! The request path ([`crate::service`]) calls, per request that matches a chain:
 //! 1. [`run_request_hooks`] in `request_filter`, before the cache lookup;
 //! 2. [`run_response_hooks`] in `response_filter` (and on local responses);
-//! 3. a [`BodyBuffer`] fed from `upstream_response_body_filter` (before-cache stage) or from
-//!    the [`AfterCacheBody`] downstream module (after-cache stage), which runs
+//! 3. a [`BodyRewrite`] fed from `upstream_response_body_filter` (before-cache stage) or
+//!    running as a pingora downstream module (after-cache stage), which runs
 //!    [`run_body_hooks`] once the whole playlist is in.
 
 use std::any::Any;
@@ -494,16 +494,20 @@ impl BodyBuffer {
     }
 }
 
-/// The after-cache body hooks, as a pingora downstream module (one per request).
+/// One stage's body hooks on one response: idle until [`start`]ed, then collecting the
+/// playlist through [`feed`] until it has run the hooks.
 ///
-/// A body streamed to the client from the cache (a hit, or a miss whose fill the client reads
-/// as it arrives) ends with pingora's `Done` task, which `ProxyHttp::response_body_filter`
-/// never sees; downstream modules get it as `response_done_filter`. So the playlist is collected
-/// here, and the request path hands this module its job in `response_filter` ([`start`]).
+/// The before-cache stage lives in the request's context and is fed from
+/// `upstream_response_body_filter`. The after-cache stage is a pingora downstream module (one
+/// per request, see [`BodyRewriteBuilder`]): a body streamed to the client from the cache (a
+/// hit, or a miss whose fill the client reads as it arrives) ends with pingora's `Done` task,
+/// which `ProxyHttp::response_body_filter` never sees; downstream modules get it as
+/// `response_done_filter`.
 ///
-/// [`start`]: AfterCacheBody::start
+/// [`start`]: BodyRewrite::start
+/// [`feed`]: BodyRewrite::feed
 #[derive(Default)]
-pub struct AfterCacheBody {
+pub struct BodyRewrite {
     job: Option<BodyJob>,
 }
 
@@ -514,8 +518,8 @@ struct BodyJob {
     metrics: Arc<Metrics>,
 }
 
-impl AfterCacheBody {
-    /// Collects this response's body for `chain`'s after-cache body hooks.
+impl BodyRewrite {
+    /// Collects this response's body for `chain`'s body hooks at `buffer`'s stage.
     pub fn start(
         &mut self,
         chain: Chain,
@@ -531,8 +535,9 @@ impl AfterCacheBody {
         });
     }
 
-    /// Feeds the job, if any; the job ends when the buffer is done with.
-    fn feed(&mut self, body: &mut Option<Bytes>, end: bool) -> pingora::Result<()> {
+    /// One body filter call: feeds the job, if any (see [`BodyBuffer::feed`]); the job ends
+    /// when the buffer is done with. An error is a fail-closed module's failure.
+    pub fn feed(&mut self, body: &mut Option<Bytes>, end: bool) -> pingora::Result<()> {
         let Some(job) = self.job.as_mut() else {
             return Ok(());
         };
@@ -554,7 +559,7 @@ impl AfterCacheBody {
 }
 
 #[async_trait]
-impl HttpModule for AfterCacheBody {
+impl HttpModule for BodyRewrite {
     fn response_body_filter(
         &mut self,
         body: &mut Option<Bytes>,
@@ -578,13 +583,13 @@ impl HttpModule for AfterCacheBody {
     }
 }
 
-/// Builds an [`AfterCacheBody`] per request; added to the downstream modules only while
-/// policy modules are on.
-pub struct AfterCacheBodyBuilder;
+/// Builds the after-cache [`BodyRewrite`] of each request; added to the downstream modules only
+/// while policy modules are on.
+pub struct BodyRewriteBuilder;
 
-impl HttpModuleBuilder for AfterCacheBodyBuilder {
+impl HttpModuleBuilder for BodyRewriteBuilder {
     fn init(&self) -> Module {
-        Box::new(AfterCacheBody::default())
+        Box::new(BodyRewrite::default())
     }
 }
 

@@ -233,13 +233,22 @@ impl ModuleHost {
         let started = std::time::Instant::now();
         // A kept version coming back (a swap back and forth, a re-upload) skips compiling.
         let hash = content_hash(&bytes);
-        let kept = self
-            .files()
-            .get(file)
-            .and_then(|state| state.versions.iter().find(|v| v.hash == hash).cloned());
+        let kept = match self.files().get_mut(file) {
+            Some(state) => {
+                let active = state.active.clone().filter(|a| a.hash == hash);
+                if let (Some(active), Source::Directory) = (active, source) {
+                    // The directory now holds what already runs (e.g. an upload written back):
+                    // nothing to swap, only remember the file as seen.
+                    state.seen = seen;
+                    return Ok(active);
+                }
+                state.versions.iter().find(|v| v.hash == hash).cloned()
+            }
+            None => None,
+        };
         let code = match kept {
             Some(code) => code,
-            None => match self.runtime.compile(bytes) {
+            None => match self.runtime.compile(bytes, hash) {
                 Ok(code) => Arc::new(code),
                 Err(e) => {
                     self.count_load(file, e.as_str());
@@ -367,14 +376,7 @@ impl ModuleHost {
             let Some(stamp) = Stamp::of(&path) else {
                 continue; // Removed: keep running what is loaded.
             };
-            let (seen, active_hash) = {
-                let files = self.files();
-                let state = files.get(&file);
-                (
-                    state.and_then(|s| s.seen),
-                    state.and_then(|s| s.active.as_ref().map(|c| c.hash.clone())),
-                )
-            };
+            let seen = self.files().get(&file).and_then(|s| s.seen);
             if seen == Some(stamp) {
                 continue;
             }
@@ -385,10 +387,6 @@ impl ModuleHost {
                     continue;
                 }
             };
-            if active_hash.is_some_and(|hash| hash == content_hash(&bytes)) {
-                self.remember_stamp(&file, stamp);
-                continue;
-            }
             if let Err(e) = self.load(&file, bytes, Source::Directory, Some(stamp)) {
                 tracing::error!(
                     file = %path.display(),

@@ -183,7 +183,8 @@ impl Runtime {
 
     /// Compiles and checks `bytes`: a component, importing only what the host provides,
     /// exporting at least one known hook with the right functions.
-    pub fn compile(&self, bytes: Vec<u8>) -> Result<Code, ModuleError> {
+    /// `hash` is [`content_hash`] of `bytes`, which the caller has computed already.
+    pub fn compile(&self, bytes: Vec<u8>, hash: String) -> Result<Code, ModuleError> {
         if bytes.len() > self.max_module_bytes {
             return Err(ModuleError::TooLarge {
                 size: bytes.len(),
@@ -203,7 +204,7 @@ impl Runtime {
             .map_err(|e| ModuleError::Imports(format!("{e:#}")))?;
         let exports = Exports::find(&pre, &component, &self.engine)?;
         Ok(Code {
-            hash: content_hash(&bytes),
+            hash,
             bytes: Arc::new(bytes),
             pre,
             exports,
@@ -229,7 +230,8 @@ pub fn check(
         ..WasmConfig::default()
     };
     let runtime = Runtime::new(&config)?;
-    let code = Arc::new(runtime.compile(bytes)?);
+    let hash = content_hash(&bytes);
+    let code = Arc::new(runtime.compile(bytes, hash)?);
     let spec = Arc::new(ModuleSpec::new(entry, &config));
     Bound::prepare(spec, code.clone(), runtime, Arc::new(services))?;
     Ok(code)
@@ -571,28 +573,25 @@ impl Bound {
                 other => other,
             })?;
         let exports = &self.code.exports;
-        let request = match &exports.request {
-            Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
-            None => None,
-        };
-        let response = match &exports.response {
-            Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
-            None => None,
-        };
-        let body = match &exports.body {
-            Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
-            None => None,
-        };
-        let self_test = match &exports.self_test {
-            Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
-            None => None,
-        };
+        let request = exports
+            .request
+            .as_ref()
+            .map(|i| i.load(&mut store, &instance));
+        let response = exports
+            .response
+            .as_ref()
+            .map(|i| i.load(&mut store, &instance));
+        let body = exports.body.as_ref().map(|i| i.load(&mut store, &instance));
+        let self_test = exports
+            .self_test
+            .as_ref()
+            .map(|i| i.load(&mut store, &instance));
         Ok(Instance {
+            request: request.transpose().map_err(fail)?,
+            response: response.transpose().map_err(fail)?,
+            body: body.transpose().map_err(fail)?,
+            self_test: self_test.transpose().map_err(fail)?,
             store,
-            request,
-            response,
-            body,
-            self_test,
         })
     }
 
