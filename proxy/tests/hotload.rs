@@ -252,7 +252,7 @@ async fn uploads_activate_atomically_persist_and_roll_back_and_a_rejected_upload
 #[tokio::test]
 async fn an_invalid_file_dropped_in_the_directory_is_rejected_with_a_log_line_and_the_running_version_stays(
 ) {
-    let (_origin, dir, admin, proxy) = swap_proxy(b"segment").await;
+    let (_origin, dir, _admin, proxy) = swap_proxy(b"segment").await;
 
     std::fs::write(
         dir.join(".swap.tmp"),

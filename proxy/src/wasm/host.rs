@@ -261,12 +261,11 @@ impl upstreams::Host for HostState {
     fn group(&mut self, name: String) -> Option<upstreams::GroupHealth> {
         let group = self.services.upstreams.as_ref()?.group(&name)?;
         let status = group.status();
-        let active = status
-            .origins
-            .iter()
-            .any(|o| o.healthy)
-            .then(|| status.active.as_str())
-            .unwrap_or("none");
+        let active = if status.origins.iter().any(|o| o.healthy) {
+            status.active.as_str()
+        } else {
+            "none"
+        };
         Some(upstreams::GroupHealth {
             name: status.name,
             active: active.to_owned(),
