@@ -38,9 +38,11 @@ pub struct WasmConfig {
     /// settings, so a restart or a rollback skips compilation. Default
     /// `<modules_dir>/.cache`; an empty string turns the cache off.
     pub cache_dir: Option<PathBuf>,
-    /// Wall-clock time one hook call may run, in milliseconds, enforced by epoch interruption
-    /// (1 ms ticks, so a call gets between this and one more millisecond). Over it the call
-    /// traps and the module's failure policy applies. Default 5; 1..=1000.
+    /// CPU budget of one hook call, in milliseconds, enforced by epoch interruption (1 ms
+    /// ticks): after this much wall-clock time the proxy starts counting the thread's CPU time,
+    /// and interrupts the call once that reaches this budget too. A runaway call ends after
+    /// about twice the budget, with the module's failure policy applied; a call the scheduler
+    /// merely paused is not cut short. Default 5; 1..=1000.
     pub cpu_ms_per_call: u64,
     /// Linear memory one module instance may grow to, in bytes. Default 16 MiB;
     /// 1 MiB..=1 GiB. A guest that allocates past it fails its allocation (usually a trap).

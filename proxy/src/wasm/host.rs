@@ -95,14 +95,17 @@ pub struct HostState {
 /// The CPU budget of the call in progress.
 ///
 /// Epoch ticks count wall-clock time, and on a busy machine a worker thread can be preempted
-/// for several milliseconds in the middle of a call. So the epoch deadline only triggers a
-/// check ([`CallClock::verdict`]): the call is interrupted once the *thread's CPU time* since
-/// the call started passes the budget, or once wall-clock time passes a generous backstop.
+/// for several milliseconds in the middle of a call. So the first epoch deadline (one budget of
+/// wall-clock time) only starts a stopwatch on the *thread's CPU time*, and later deadlines
+/// interrupt the call once that stopwatch shows another full budget ([`CallClock::verdict`]),
+/// or once wall-clock time passes a generous backstop. A runaway call thus ends after about
+/// twice its budget; a call the scheduler merely paused is not cut short. Nothing is read at
+/// the start of a call: the thread's CPU clock is a system call, too dear for every hook.
 #[derive(Debug, Clone, Copy)]
 pub struct CallClock {
-    cpu_start: Duration,
-    wall_start: std::time::Instant,
     budget: Duration,
+    /// The thread's CPU time and the wall-clock time when the first deadline fired.
+    mark: Option<(Duration, std::time::Instant)>,
 }
 
 /// CPU time the calling thread has used.
@@ -115,25 +118,26 @@ pub fn thread_cpu_time() -> Duration {
 }
 
 impl CallClock {
-    /// A call with `budget` of CPU time starting now.
+    /// A call with `budget` of CPU time, starting now.
     pub fn start(budget: Duration) -> Self {
-        Self {
-            cpu_start: thread_cpu_time(),
-            wall_start: std::time::Instant::now(),
-            budget,
-        }
+        Self { budget, mark: None }
     }
 
-    /// At an epoch deadline: `None` to interrupt the call, else the milliseconds to extend it
-    /// by (what is left of the CPU budget, at least one tick).
-    pub fn verdict(&self) -> Option<u64> {
-        let used = thread_cpu_time().saturating_sub(self.cpu_start);
+    /// At an epoch deadline: `None` to interrupt the call, else the milliseconds (epoch ticks)
+    /// to extend it by.
+    pub fn verdict(&mut self) -> Option<u64> {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
+        let now = thread_cpu_time();
+        let Some((cpu_mark, wall_mark)) = self.mark else {
+            self.mark = Some((now, std::time::Instant::now()));
+            return Some(ms(self.budget));
+        };
+        let used = now.saturating_sub(cpu_mark);
         let backstop = (self.budget * 20).max(Duration::from_millis(100));
-        if used >= self.budget || self.wall_start.elapsed() >= backstop {
+        if used >= self.budget || wall_mark.elapsed() >= backstop {
             return None;
         }
-        let left = self.budget - used;
-        Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX).max(1))
+        Some(ms(self.budget - used))
     }
 }
 

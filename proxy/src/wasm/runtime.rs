@@ -15,10 +15,11 @@
 //! # Limits
 //!
 //! - CPU: epoch interruption. A ticker thread advances the engine's epoch every millisecond;
-//!   each call gets a deadline of `cpu_ms_per_call + 1` ticks. When it passes, the call is
-//!   interrupted if the thread has spent `cpu_ms_per_call` of CPU time in it (or 20 times that
-//!   in wall-clock time), and extended otherwise: a call preempted by the scheduler on a busy
-//!   machine is not charged for the time it did not run ([`host::CallClock`]).
+//!   each call gets a deadline of `cpu_ms_per_call + 1` ticks. When it passes, the thread's CPU
+//!   clock starts counting, and the call is interrupted once it has used another
+//!   `cpu_ms_per_call` of CPU time (or after 20 times that in wall-clock time): a runaway call
+//!   ends after about twice its budget, and a call preempted by the scheduler on a busy machine
+//!   is not charged for the time it did not run ([`host::CallClock`]).
 //! - Memory: each store's [`wasmtime::StoreLimits`] cap linear memory at `memory_bytes`.
 //! - Capabilities: the linker has the `host` world's imports and WASI 0.2 with an empty context;
 //!   a module importing anything else is rejected when it is loaded.
@@ -559,8 +560,8 @@ impl Bound {
         );
         let mut store = Store::new(self.runtime.engine(), state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_callback(|store| {
-            Ok(match store.data().call.verdict() {
+        store.epoch_deadline_callback(|mut store| {
+            Ok(match store.data_mut().call.verdict() {
                 Some(ticks) => UpdateDeadline::Continue(ticks),
                 None => UpdateDeadline::Interrupt,
             })
