@@ -18,6 +18,7 @@
 //! - [`tls`]: rustls listeners, certificates by SNI.
 //! - [`kv`]: the key-value store policy modules and the admin API share.
 //! - [`wasm`]: policy modules (WebAssembly components): host, hot-load, chains.
+//! - [`loadtest`]: `proxy loadtest`, simulated HLS viewers (a client, not part of the server).
 //!
 //! # Lifecycle
 //!
@@ -29,6 +30,7 @@ pub mod admin;
 pub mod config;
 pub mod health;
 pub mod kv;
+pub mod loadtest;
 pub mod metrics;
 pub mod rules;
 pub mod service;

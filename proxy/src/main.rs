@@ -66,6 +66,9 @@ enum Command {
     /// Policy modules (WebAssembly components).
     #[command(subcommand)]
     Module(ModuleCommand),
+    /// Simulate HLS viewers against a live stream (playlist reloads, segment downloads) and
+    /// report response times, errors and origin offload.
+    Loadtest(parallax_proxy::loadtest::LoadtestArgs),
 }
 
 /// `proxy token …`
@@ -162,6 +165,7 @@ fn main() -> ExitCode {
 fn run_command(command: &Command) -> ExitCode {
     let sign = match command {
         Command::Token(TokenCommand::Sign(sign)) => sign,
+        Command::Loadtest(args) => return loadtest(args),
         Command::Module(ModuleCommand::Check(check)) => {
             return match module_check(check) {
                 Ok(report) => {
@@ -185,6 +189,32 @@ fn run_command(command: &Command) -> ExitCode {
         }
         Err(e) => {
             eprintln!("proxy token sign: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `proxy loadtest`: 0 when the test ran with at most `--max-error-percent` failures, 1 when
+/// more failed, 2 when it could not run.
+fn loadtest(args: &parallax_proxy::loadtest::LoadtestArgs) -> ExitCode {
+    use parallax_proxy::loadtest;
+    match loadtest::run(args) {
+        Ok(summary) => {
+            print!("{}", loadtest::format_summary(&summary));
+            if let Some(path) = &args.report {
+                println!("report: {}", path.display());
+            }
+            if summary.error_percent > args.max_error_percent {
+                eprintln!(
+                    "proxy loadtest: {:.2} % of requests failed (more than --max-error-percent {})",
+                    summary.error_percent, args.max_error_percent
+                );
+                return ExitCode::FAILURE;
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("proxy loadtest: {e}");
             ExitCode::from(2)
         }
     }
