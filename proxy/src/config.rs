@@ -89,6 +89,17 @@ pub struct Config {
     /// Policy modules (WebAssembly components) and the chains of them requests run; off unless
     /// `wasm.enabled`.
     pub wasm: WasmConfig,
+    /// The embedded web player at `/player/`; off unless `player.enabled`.
+    pub player: PlayerConfig,
+}
+
+/// The web player built into the binary (`player/` in the repository).
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct PlayerConfig {
+    /// Serve it at `/player/` (`/player/?url=/live/<stream>/index.m3u8`). Default false: a
+    /// cache fleet behind a CDN normally serves only the streams.
+    pub enabled: bool,
 }
 
 /// Client-facing listeners.

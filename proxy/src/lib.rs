@@ -18,6 +18,7 @@
 //! - [`tls`]: rustls listeners, certificates by SNI.
 //! - [`kv`]: the key-value store policy modules and the admin API share.
 //! - [`wasm`]: policy modules (WebAssembly components): host, hot-load, chains.
+//! - [`player`]: the web player built into the binary, served at `/player/`.
 //! - [`loadtest`]: `proxy loadtest`, simulated HLS viewers (a client, not part of the server).
 //!
 //! # Lifecycle
@@ -32,6 +33,7 @@ pub mod health;
 pub mod kv;
 pub mod loadtest;
 pub mod metrics;
+pub mod player;
 pub mod rules;
 pub mod service;
 pub mod storage;

@@ -46,6 +46,9 @@ struct Args {
     /// Worker threads (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
+    /// Serve the built-in web player at /player/ (`player.enabled`).
+    #[arg(long)]
+    player: bool,
     /// Pingora: take over the listeners of a running instance (graceful upgrade).
     #[arg(short, long)]
     upgrade: bool,
@@ -294,6 +297,9 @@ fn load(args: &Args) -> anyhow::Result<Config> {
     }
     if let Some(listen) = &args.listen {
         config.listen.http = listen.clone();
+    }
+    if args.player {
+        config.player.enabled = true;
     }
     if let Some(token) = &args.admin_token {
         config.admin.token = token.clone();

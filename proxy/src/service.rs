@@ -3,8 +3,9 @@
 //! Pingora calls the phases below in this order; each one is a method in this file, in the same
 //! order, so the whole path reads top to bottom:
 //!
-//! 1. `request_filter` — `/healthz`, origin protection, method / size / path hardening, route
-//!    choice. Rejections become an [`Error`] with an HTTP status and go to `fail_to_proxy`.
+//! 1. `request_filter` — `/healthz`, origin protection, method / size / path hardening, the
+//!    embedded player (`/player/`), route choice, the policy modules' request hooks.
+//!    Rejections become an [`Error`] with an HTTP status and go to `fail_to_proxy`.
 //! 2. `request_cache_filter`, `cache_key_callback` — every GET/HEAD uses the cache, with the
 //!    cache lock so concurrent misses coalesce into one origin fetch.
 //! 3. `upstream_peer` — the route's group picks the origin: the active one first, a retry goes
@@ -61,6 +62,7 @@ use tracing::{info, warn, Span};
 use crate::config::{Config, LimitsConfig};
 use crate::kv::KvStore;
 use crate::metrics::Metrics;
+use crate::player;
 use crate::rules::CacheRules;
 use crate::storage::MokaStorage;
 use crate::upstream::{FailureReason, Group, OriginId, RequestKind, Upstreams};
@@ -154,6 +156,8 @@ pub struct EdgeProxy {
     protection: Option<(HeaderName, Vec<u8>)>,
     /// `wasm.max_body_bytes`: the largest playlist body hooks see or return.
     module_max_body: usize,
+    /// `player.enabled`: serve the embedded web player at `/player/`.
+    player: bool,
 }
 
 impl EdgeProxy {
@@ -196,6 +200,7 @@ impl EdgeProxy {
             limits: config.limits.clone(),
             protection,
             module_max_body: config.wasm.max_body_bytes,
+            player: config.player.enabled,
         })
     }
 
@@ -305,16 +310,65 @@ impl EdgeProxy {
                 )
                 .map_err(module_failure)?;
                 head.insert_header(header::VIA, VIA)?;
-                let head_only = session.req_header().method == Method::HEAD;
-                session.write_response_header(head, head_only).await?;
-                if !head_only {
-                    session.write_response_body(Some(body), true).await?;
-                }
-                Ok(true)
+                respond_locally(session, head, body).await
             }
             Verdict::Fail(status) => Err(module_failure(status)),
         }
     }
+}
+
+/// Answers a request the proxy serves itself (`/healthz`, the player, a module's local
+/// response): the head, then the body unless the request is HEAD.
+async fn respond_locally(
+    session: &mut Session,
+    head: Box<ResponseHeader>,
+    body: Bytes,
+) -> Result<bool> {
+    let head_only = session.req_header().method == Method::HEAD;
+    session.write_response_header(head, head_only).await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(true)
+}
+
+/// Serves the embedded web player (`player.enabled`): a redirect to `/player/`, a file with
+/// its ETag (304 when the browser has it), or 404.
+async fn serve_player(session: &mut Session, route: player::Route) -> Result<bool> {
+    let asset = match route {
+        player::Route::File(asset) => asset,
+        player::Route::Redirect(location) => {
+            let mut resp = ResponseHeader::build(301, Some(3))?;
+            resp.insert_header(header::LOCATION, location)?;
+            resp.insert_header(header::CONTENT_LENGTH, 0)?;
+            resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
+            return respond_locally(session, Box::new(resp), Bytes::new()).await;
+        }
+        player::Route::NotFound | player::Route::NotPlayer => {
+            return Error::e_explain(ErrorType::HTTPStatus(404), "no such player file");
+        }
+    };
+    let etag = player::etag(asset);
+    let cached = session
+        .req_header()
+        .headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| player::not_modified(v, etag));
+    let (status, body) = if cached {
+        (304, Bytes::new())
+    } else {
+        (200, Bytes::from_static(asset.body))
+    };
+    let mut resp = ResponseHeader::build(status, Some(6))?;
+    resp.insert_header(header::ETAG, etag)?;
+    resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
+    if !cached {
+        resp.insert_header(header::CONTENT_TYPE, asset.content_type)?;
+        resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+        resp.insert_header(header::X_CONTENT_TYPE_OPTIONS, "nosniff")?;
+    }
+    respond_locally(session, Box::new(resp), body).await
 }
 
 /// Rejects `.` and `..` segments, also percent-encoded: a cache keyed on the raw path would
@@ -422,17 +476,20 @@ impl ProxyHttp for EdgeProxy {
             resp.insert_header(header::CONTENT_LENGTH, body.len())?;
             resp.insert_header(header::CACHE_CONTROL, "no-store")?;
             resp.insert_header(header::CONTENT_TYPE, "text/plain")?;
-            session.write_response_header(Box::new(resp), false).await?;
-            session
-                .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-                .await?;
-            return Ok(true);
+            return respond_locally(session, Box::new(resp), Bytes::from_static(body.as_bytes()))
+                .await;
         }
 
         if !self.protected_ok(req) {
             return Error::e_explain(ErrorType::HTTPStatus(403), "origin-protection header");
         }
         self.check_request(req)?;
+        if self.player {
+            match player::route(&path, req.uri.query()) {
+                player::Route::NotPlayer => {}
+                route => return serve_player(session, route).await,
+            }
+        }
 
         let host = req
             .headers
