@@ -6,6 +6,7 @@ set -euo pipefail
 # command -> Debian package that provides it.
 declare -A NEED=(
   [cmake]=cmake            # pingora-core builds libz-ng with it
+  [curl]=curl              # the demo waits for its playlist with it; tests call the admin API
   [ffmpeg]=ffmpeg          # real publisher in tests
   [ffprobe]=ffmpeg         # segment validation in tests
   [python3]=python3        # a real, SIGSTOP-able origin process in the failover tests
@@ -17,7 +18,7 @@ if [ "${PARALLAX_TESTS:-0}" = 1 ]; then
 fi
 if [ "${PARALLAX_BENCH:-0}" = 1 ]; then
   NEED[nginx]=nginx; NEED[varnishd]=varnish; NEED[wrk]=wrk; NEED[h2load]=nghttp2-client
-  NEED[pstree]=psmisc; NEED[curl]=curl
+  NEED[pstree]=psmisc
 fi
 
 missing=()

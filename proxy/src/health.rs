@@ -4,8 +4,8 @@
 //! Every `interval_ms` each origin of the group gets an HTTP GET of `path`; any answer below 500
 //! within `timeout_ms` is a success (this is a liveness probe: freshness is the stale detector's
 //! job). With a [`StalePlaylistConfig`], the group's live playlist is fetched too, and an origin
-//! whose `EXT-X-MEDIA-SEQUENCE` has not advanced for `stale_multiple` × `EXT-X-TARGETDURATION`
-//! fails its checks although it answers 200: the encoder feeding it died, the other origin's
+//! whose newest segment (`EXT-X-MEDIA-SEQUENCE` + segment count) has not advanced for
+//! `stale_multiple` × `EXT-X-TARGETDURATION` fails its checks although it answers 200: the encoder feeding it died, the other origin's
 //! did not. Results feed the group's hysteresis ([`crate::upstream`]).
 //!
 //! Checks use pingora's own HTTP/1 connector with the same peer (TLS, SNI, certificate
@@ -153,6 +153,16 @@ pub struct PlaylistHead {
     pub media_sequence: u64,
     /// `EXT-X-TARGETDURATION` in seconds.
     pub target_duration_secs: f64,
+    /// Media segments listed (URI lines).
+    pub segments: u64,
+}
+
+impl PlaylistHead {
+    /// The media sequence number the next segment will get: what grows while the stream is
+    /// live, also while the window is still filling up and `EXT-X-MEDIA-SEQUENCE` stays put.
+    pub fn next_sequence(&self) -> u64 {
+        self.media_sequence.saturating_add(self.segments)
+    }
 }
 
 impl PlaylistHead {
@@ -169,8 +179,11 @@ impl PlaylistHead {
         }
         let mut media_sequence = 0;
         let mut target_duration_secs = None;
+        let mut segments = 0;
         for line in lines {
-            if let Some(value) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
+            if !line.starts_with('#') {
+                segments += 1;
+            } else if let Some(value) = line.strip_prefix("#EXT-X-MEDIA-SEQUENCE:") {
                 media_sequence = value.trim().parse().map_err(|_| PlaylistError::BadValue {
                     tag: "EXT-X-MEDIA-SEQUENCE",
                     value: value.to_string(),
@@ -193,11 +206,12 @@ impl PlaylistHead {
         Ok(Self {
             media_sequence,
             target_duration_secs: target_duration_secs.ok_or(PlaylistError::NoTargetDuration)?,
+            segments,
         })
     }
 }
 
-/// Tracks one origin's live playlist: when its media sequence last changed.
+/// Tracks one origin's live playlist: when its newest segment last changed.
 #[derive(Debug, Clone)]
 pub(crate) struct StaleDetector {
     stale_multiple: f64,
@@ -214,17 +228,17 @@ impl StaleDetector {
         }
     }
 
-    /// Feeds the playlist fetched at `now`. Any change of the sequence counts as progress, a
-    /// decrease too: an origin restarted mid-stream is alive.
+    /// Feeds the playlist fetched at `now`. Any change of the next sequence number counts as
+    /// progress, a decrease too: an origin restarted mid-stream is alive.
     pub(crate) fn observe(&mut self, playlist: &str, now: Instant) -> Result<(), FailureReason> {
         let head = PlaylistHead::parse(playlist).map_err(|error| {
             tracing::warn!(%error, "live playlist unreadable");
             FailureReason::MalformedPlaylist
         })?;
         let changed_at = match (self.last_sequence, self.last_change) {
-            (Some(seq), Some(at)) if seq == head.media_sequence => at,
+            (Some(seq), Some(at)) if seq == head.next_sequence() => at,
             _ => {
-                self.last_sequence = Some(head.media_sequence);
+                self.last_sequence = Some(head.next_sequence());
                 self.last_change = Some(now);
                 now
             }
@@ -235,7 +249,7 @@ impl StaleDetector {
             // Debug only: this repeats every check while stale; the health transition it causes
             // is logged at warn with the reason.
             tracing::debug!(
-                media_sequence = head.media_sequence,
+                next_sequence = head.next_sequence(),
                 still_ms = still.as_millis() as u64,
                 limit_ms = limit.as_millis() as u64,
                 "live playlist stale"
@@ -516,6 +530,31 @@ mod tests {
         );
         // Progress clears it at once.
         assert_eq!(detector.observe(&playlist(11), at(7000)), Ok(()));
+    }
+
+    #[test]
+    fn a_window_still_filling_up_is_not_stale() {
+        // A new stream: EXT-X-MEDIA-SEQUENCE stays 0 while segments are appended, until the
+        // window is full (6 segments = 12 s here, longer than the 6 s limit).
+        let filling = |count: u64| {
+            let mut text =
+                String::from("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXT-X-MEDIA-SEQUENCE:0\n");
+            for i in 0..count {
+                text.push_str(&format!("#EXTINF:2.000,\n{i}.ts\n"));
+            }
+            text
+        };
+        assert_eq!(PlaylistHead::parse(&filling(3)).unwrap().next_sequence(), 3);
+        let start = Instant::now();
+        let mut detector = StaleDetector::new(3.0);
+        for i in 0..12u64 {
+            let now = start + Duration::from_secs(i);
+            assert_eq!(
+                detector.observe(&filling(1 + i / 2), now),
+                Ok(()),
+                "at {i} s"
+            );
+        }
     }
 
     #[test]
