@@ -3,12 +3,14 @@
 //! re-checked per connection or per request.
 //!
 //! Unknown keys are errors (`deny_unknown_fields`): a misspelt key silently falling back to its
-//! default is worse than refusing to start. `origin/origin.example.toml` documents every key.
+//! default is worse than refusing to start. `origin/origin.example.toml` documents every key; a
+//! unit test checks it against these structs (serialized, hence `Serialize`), and
+//! `docs/configuration.md` is generated from both (`tests/docs.rs`).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Everything that can be wrong with a configuration.
 #[derive(Debug, thiserror::Error)]
@@ -35,7 +37,7 @@ pub enum ConfigError {
 }
 
 /// The origin's configuration. Every section has a default; an empty file is a valid config.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Directory holding live segments (`live/<stream>/`) and recordings (`vod/<stream>/<id>/`).
@@ -74,7 +76,7 @@ impl Default for Config {
 }
 
 /// RTMP ingest settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RtmpConfig {
     /// Address the RTMP listener binds. Default `0.0.0.0:1935`.
@@ -111,7 +113,7 @@ impl Default for RtmpConfig {
 }
 
 /// HTTP serving settings, mostly the Cache-Control values a cache tier and a CDN act on.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     /// Address the HTTP listener binds. Default `0.0.0.0:8080`.
@@ -145,7 +147,7 @@ impl Default for HttpConfig {
 }
 
 /// HLS packaging settings.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct HlsConfig {
     /// Target segment duration in milliseconds; segments are cut on the first keyframe at or
@@ -177,7 +179,7 @@ impl Default for HlsConfig {
 
 /// Publish authorization. With neither keys nor a callback, every publish is allowed; with
 /// both, a publish must pass both.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// Stream keys allowed to publish (the stream name, without any `?query`). Empty: no key
@@ -202,7 +204,7 @@ impl Default for AuthConfig {
 }
 
 /// Recording of every publish to VOD.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct RecordingConfig {
     /// Whether publishes are recorded. Default true.
@@ -227,7 +229,7 @@ impl Default for RecordingConfig {
 }
 
 /// A post-record hook: `command args... <recording dir> <recording id>`.
-#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct HookConfig {
     /// Program to run (looked up in `PATH` if not absolute).
@@ -355,6 +357,8 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     #[test]
@@ -418,5 +422,63 @@ mod tests {
         let c = Config::from_file(&path).unwrap();
         // The example sets every key to its default; drift between the two is a doc bug.
         assert_eq!(c, Config::default());
+    }
+
+    /// The example file with its commented-out keys and sections (`# key = value`,
+    /// `# [section]`) switched on, so the optional keys are checked too.
+    fn example_with_optional_keys() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("origin.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let uncomment = |line: &str| {
+            let rest = line.trim_start().strip_prefix("# ")?;
+            let key = rest.split_once(" = ").map_or("", |(key, _)| key);
+            let is_key = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            (is_key || rest.starts_with('[')).then(|| rest.to_owned())
+        };
+        text.lines()
+            .map(|line| uncomment(line).unwrap_or_else(|| line.to_owned()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every key path under `value` (`http.listen`; tables recursively).
+    fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        let serde_json::Value::Object(table) = value else {
+            return;
+        };
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            key_paths(value, &path, out);
+            out.insert(path);
+        }
+    }
+
+    #[test]
+    fn the_example_config_documents_every_field() {
+        let text = example_with_optional_keys();
+        // deny_unknown_fields: a key of the example that no field takes fails here.
+        let config = Config::from_toml(&text).unwrap();
+        // JSON rather than TOML: it keeps a `None` field as `null`, so an `Option` the example
+        // does not mention is caught too.
+        let fields = serde_json::to_value(&config).unwrap();
+        let example = serde_json::to_value(toml::from_str::<toml::Value>(&text).unwrap()).unwrap();
+        let (mut in_structs, mut in_example) = (BTreeSet::new(), BTreeSet::new());
+        key_paths(&fields, "", &mut in_structs);
+        key_paths(&example, "", &mut in_example);
+        let undocumented: Vec<_> = in_structs.difference(&in_example).collect();
+        assert!(
+            undocumented.is_empty(),
+            "fields missing from origin.example.toml (add each with its default and a comment): \
+             {undocumented:?}"
+        );
+        let unknown: Vec<_> = in_example.difference(&in_structs).collect();
+        assert!(unknown.is_empty(), "keys no field takes: {unknown:?}");
     }
 }

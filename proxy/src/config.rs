@@ -3,8 +3,9 @@
 //! Every section is `#[serde(default, deny_unknown_fields)]`: a missing key takes the documented
 //! default, a misspelt key is an error (a typo in `max_ttl_secs` silently caching segments
 //! forever is worse than refusing to start). [`Config::validate`] checks what serde cannot and
-//! names the offending key in its error. `proxy/proxy.example.toml` documents every key and is
-//! parsed by a unit test, so it cannot drift from this file.
+//! names the offending key in its error. `proxy/proxy.example.toml` documents every key: unit
+//! tests parse it and check that it names every field of these structs, so it cannot drift from
+//! them, and `docs/configuration.md` is generated from it (`tests/docs.rs`).
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -552,6 +553,8 @@ impl From<RulesError> for ConfigError {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn minimal() -> Config {
@@ -674,5 +677,79 @@ mod tests {
         assert_eq!(config.upstreams.len(), 2);
         assert!(config.origin_protection.is_some());
         assert_eq!(config.kv.redis_url, "redis://127.0.0.1:6379");
+    }
+
+    /// Tables whose keys are the user's rather than fields of a struct: not descended into.
+    const FREE_FORM_TABLES: &[&str] = &["wasm.modules[].config"];
+
+    /// The example file with its commented-out keys and sections (`# key = value`,
+    /// `# [section]`) switched on, so the optional keys are checked too.
+    fn example_with_optional_keys() -> String {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.example.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let uncomment = |line: &str| {
+            let rest = line.trim_start().strip_prefix("# ")?;
+            let key = rest.split_once(" = ").map_or("", |(key, _)| key);
+            let is_key = !key.is_empty()
+                && key
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
+            (is_key || rest.starts_with('[')).then(|| rest.to_owned())
+        };
+        text.lines()
+            .map(|line| uncomment(line).unwrap_or_else(|| line.to_owned()))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// Every key path under `value`: `cache.max_bytes`, and `upstreams[].primary.address` for
+    /// the keys of an array of tables (the union over its elements).
+    fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
+        let serde_json::Value::Object(table) = value else {
+            return;
+        };
+        for (key, value) in table {
+            let path = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match value {
+                serde_json::Value::Object(_) if !FREE_FORM_TABLES.contains(&path.as_str()) => {
+                    key_paths(value, &path, out);
+                }
+                serde_json::Value::Array(items)
+                    if items.iter().all(serde_json::Value::is_object) =>
+                {
+                    for item in items {
+                        key_paths(item, &format!("{path}[]"), out);
+                    }
+                }
+                _ => {}
+            }
+            out.insert(path);
+        }
+    }
+
+    #[test]
+    fn the_example_config_documents_every_field() {
+        let text = example_with_optional_keys();
+        // deny_unknown_fields: a key of the example that no field takes fails here.
+        let config = Config::from_toml(&text).unwrap();
+        // JSON rather than TOML: it keeps a `None` field as `null`, so an `Option` the example
+        // does not mention is caught too.
+        let fields = serde_json::to_value(&config).unwrap();
+        let example = serde_json::to_value(toml::from_str::<toml::Value>(&text).unwrap()).unwrap();
+        let (mut in_structs, mut in_example) = (BTreeSet::new(), BTreeSet::new());
+        key_paths(&fields, "", &mut in_structs);
+        key_paths(&example, "", &mut in_example);
+        let undocumented: Vec<_> = in_structs.difference(&in_example).collect();
+        assert!(
+            undocumented.is_empty(),
+            "fields missing from proxy.example.toml (add each with its default and a comment): \
+             {undocumented:?}"
+        );
+        let unknown: Vec<_> = in_example.difference(&in_structs).collect();
+        assert!(unknown.is_empty(), "keys no field takes: {unknown:?}");
     }
 }
