@@ -168,6 +168,7 @@ impl Plan {
 /// it measured; writes the report and JSON files when asked.
 pub fn run(args: &LoadtestArgs) -> Result<Summary, LoadtestError> {
     let plan = Plan::new(args)?;
+    check_open_files(args.viewers)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -273,6 +274,25 @@ async fn simulate(plan: &Plan) -> Result<Summary, LoadtestError> {
         cpu,
         origin_requests,
     }))
+}
+
+/// Each viewer holds a connection: refuse up front, with the fix, when the process may not open
+/// that many files, instead of recording thousands of connect errors.
+fn check_open_files(viewers: u32) -> Result<(), LoadtestError> {
+    let needed = u64::from(viewers) + 64;
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+            line.split_whitespace().nth(3)?.parse::<u64>().ok()
+        });
+    match limit {
+        Some(limit) if limit < needed => Err(LoadtestError::Usage(format!(
+            "{viewers} viewers need about {needed} open files but the limit is {limit}: \
+             raise it first (ulimit -n {needed})"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 /// Loads the URL once so a wrong URL is one clear error, not N viewers' worth of them.
