@@ -300,8 +300,11 @@ fn chart_frame(
             }
         }
         None => {
-            for i in 0..=5 {
-                let v = x_max * f64::from(i) / 5.0;
+            // Round ticks (1, 2 or 5 × 10^n apart), about five of them.
+            let step = nice_ceiling(x_max / 5.0);
+            let ticks = (x_max / step).floor() as u32;
+            for i in 0..=ticks {
+                let v = step * f64::from(i);
                 let _ = write!(
                     svg,
                     "<text x=\"{:.1}\" y=\"{:.1}\" text-anchor=\"middle\">{}</text>",
