@@ -12,8 +12,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use support::origin_support::{ffprobe, parse_playlist, require_ffmpeg, temp_dir, wait_for};
-use support::{bin, fetch, start_origin, start_proxy, Proc};
+use support::origin_support::{ffprobe, parse_playlist, require_ffmpeg, temp_dir};
+use support::{bin, fetch, start_origin, start_proxy, wait_for_segments, Proc};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -30,23 +30,7 @@ async fn viewers_keep_playing_through_the_proxy_when_the_primary_origin_is_kille
     let playlist_url = format!("http://127.0.0.1:{port}/live/e2e/index.m3u8");
 
     // A player starts once the playlist lists a few segments.
-    wait_for(
-        "three segments via the proxy",
-        Duration::from_secs(30),
-        || {
-            let playlist_url = playlist_url.clone();
-            async move {
-                match fetch(&playlist_url).await {
-                    Ok((200, body)) => {
-                        let text = String::from_utf8_lossy(&body).into_owned();
-                        (parse_playlist(&text).entries.len() >= 3).then_some(())
-                    }
-                    _ => None,
-                }
-            }
-        },
-    )
-    .await;
+    wait_for_segments(&playlist_url, 3).await;
 
     let started = Instant::now();
     let kill_at = Duration::from_secs(8);

@@ -20,6 +20,9 @@
 //! `PARALLAX_UPDATE_DOCS=1 cargo test -p parallax-e2e --test docs` rewrites the file.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "support/example_config.rs"]
+mod example_config;
+
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
@@ -95,18 +98,6 @@ fn workspace() -> PathBuf {
         .to_owned()
 }
 
-/// The text after `# ` when a comment line is commented-out TOML (`# key = value`,
-/// `# [section]`) rather than prose.
-fn commented_out(line: &str) -> Option<&str> {
-    let rest = line.trim_start().strip_prefix("# ")?;
-    let key = rest.split_once(" = ").map_or("", |(key, _)| key);
-    let is_key = !key.is_empty()
-        && key
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-    (is_key || rest.starts_with('[')).then_some(rest)
-}
-
 /// Splits TOML code from a trailing comment (a `#` outside strings), and counts the brackets
 /// the code leaves open (a value continuing on the next line).
 fn split_comment(line: &str) -> (&str, Option<(usize, &str)>, i32) {
@@ -158,7 +149,7 @@ fn parse(file: &str, text: &str) -> Vec<Section> {
             trailing = None;
             continue;
         }
-        let (line, commented) = match commented_out(raw) {
+        let (line, commented) = match example_config::commented_out(raw) {
             Some(rest) => (rest, true),
             None => (raw.trim_start(), false),
         };

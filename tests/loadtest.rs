@@ -12,9 +12,9 @@ use std::process::Output;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::origin_support::{parse_playlist, require_ffmpeg, temp_dir, wait_for};
+use support::origin_support::{require_ffmpeg, temp_dir};
 use support::ports::free_port;
-use support::{bin, fetch, start_origin, start_proxy, wait_listening, Proc};
+use support::{bin, start_origin, start_proxy, wait_for_segments, wait_listening, Proc};
 
 /// Runs `proxy loadtest` with `args`, bounded by the test's own timeout.
 async fn loadtest(args: Vec<String>) -> Output {
@@ -64,19 +64,7 @@ async fn simulated_viewers_play_through_the_proxy_and_only_reach_named_hosts() {
     )
     .await;
     let playlist = format!("http://127.0.0.1:{port}/live/load/index.m3u8");
-    wait_for("three segments", Duration::from_secs(30), || {
-        let playlist = playlist.clone();
-        async move {
-            match fetch(&playlist).await {
-                Ok((200, body)) => {
-                    let text = String::from_utf8_lossy(&body).into_owned();
-                    (parse_playlist(&text).entries.len() >= 3).then_some(())
-                }
-                _ => None,
-            }
-        }
-    })
-    .await;
+    wait_for_segments(&playlist, 3).await;
 
     // 1. Viewers of the media playlist, with the proxy's metrics.
     let viewers = 100;

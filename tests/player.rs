@@ -16,8 +16,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::origin_support::{parse_playlist, require_ffmpeg, temp_dir, wait_for};
-use support::{bin, fetch, start_origin, start_proxy, Proc};
+use support::origin_support::{require_ffmpeg, temp_dir};
+use support::{bin, fetch, start_origin, start_proxy, wait_for_segments, Proc};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn repo() -> PathBuf {
@@ -54,19 +54,7 @@ async fn the_player_plays_through_the_proxy_in_chromium_and_survives_losing_the_
     let (proxy, port) = start_proxy(&dir, a.http, b.http, "view", "[player]\nenabled = true").await;
     let base = format!("http://127.0.0.1:{port}");
     let playlist = format!("{base}/live/view/index.m3u8");
-    wait_for("three segments", Duration::from_secs(30), || {
-        let playlist = playlist.clone();
-        async move {
-            match fetch(&playlist).await {
-                Ok((200, body)) => {
-                    let text = String::from_utf8_lossy(&body).into_owned();
-                    (parse_playlist(&text).entries.len() >= 3).then_some(())
-                }
-                _ => None,
-            }
-        }
-    })
-    .await;
+    wait_for_segments(&playlist, 3).await;
 
     // The page itself: served from the binary, not the origin.
     let (status, page) = fetch(&format!("{base}/player/")).await.unwrap();

@@ -356,8 +356,12 @@ impl Config {
 }
 
 #[cfg(test)]
+#[path = "../../tests/support/example_config.rs"]
+mod example_config;
+
+#[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use super::example_config;
 
     use super::*;
 
@@ -424,61 +428,17 @@ mod tests {
         assert_eq!(c, Config::default());
     }
 
-    /// The example file with its commented-out keys and sections (`# key = value`,
-    /// `# [section]`) switched on, so the optional keys are checked too.
-    fn example_with_optional_keys() -> String {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("origin.example.toml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let uncomment = |line: &str| {
-            let rest = line.trim_start().strip_prefix("# ")?;
-            let key = rest.split_once(" = ").map_or("", |(key, _)| key);
-            let is_key = !key.is_empty()
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-            (is_key || rest.starts_with('[')).then(|| rest.to_owned())
-        };
-        text.lines()
-            .map(|line| uncomment(line).unwrap_or_else(|| line.to_owned()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Every key path under `value` (`http.listen`; tables recursively).
-    fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
-        let serde_json::Value::Object(table) = value else {
-            return;
-        };
-        for (key, value) in table {
-            let path = if prefix.is_empty() {
-                key.clone()
-            } else {
-                format!("{prefix}.{key}")
-            };
-            key_paths(value, &path, out);
-            out.insert(path);
-        }
-    }
-
     #[test]
     fn the_example_config_documents_every_field() {
-        let text = example_with_optional_keys();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("origin.example.toml");
+        let text = example_config::with_optional_keys(&std::fs::read_to_string(path).unwrap());
         // deny_unknown_fields: a key of the example that no field takes fails here.
         let config = Config::from_toml(&text).unwrap();
-        // JSON rather than TOML: it keeps a `None` field as `null`, so an `Option` the example
-        // does not mention is caught too.
-        let fields = serde_json::to_value(&config).unwrap();
-        let example = serde_json::to_value(toml::from_str::<toml::Value>(&text).unwrap()).unwrap();
-        let (mut in_structs, mut in_example) = (BTreeSet::new(), BTreeSet::new());
-        key_paths(&fields, "", &mut in_structs);
-        key_paths(&example, "", &mut in_example);
-        let undocumented: Vec<_> = in_structs.difference(&in_example).collect();
-        assert!(
-            undocumented.is_empty(),
-            "fields missing from origin.example.toml (add each with its default and a comment): \
-             {undocumented:?}"
+        example_config::assert_documents_every_field(
+            "origin.example.toml",
+            &text,
+            &serde_json::to_value(&config).unwrap(),
+            &[],
         );
-        let unknown: Vec<_> = in_example.difference(&in_structs).collect();
-        assert!(unknown.is_empty(), "keys no field takes: {unknown:?}");
     }
 }

@@ -552,8 +552,12 @@ impl From<RulesError> for ConfigError {
 }
 
 #[cfg(test)]
+#[path = "../../tests/support/example_config.rs"]
+mod example_config;
+
+#[cfg(test)]
 mod tests {
-    use std::collections::BTreeSet;
+    use super::example_config;
 
     use super::*;
 
@@ -682,74 +686,17 @@ mod tests {
     /// Tables whose keys are the user's rather than fields of a struct: not descended into.
     const FREE_FORM_TABLES: &[&str] = &["wasm.modules[].config"];
 
-    /// The example file with its commented-out keys and sections (`# key = value`,
-    /// `# [section]`) switched on, so the optional keys are checked too.
-    fn example_with_optional_keys() -> String {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.example.toml");
-        let text = std::fs::read_to_string(path).unwrap();
-        let uncomment = |line: &str| {
-            let rest = line.trim_start().strip_prefix("# ")?;
-            let key = rest.split_once(" = ").map_or("", |(key, _)| key);
-            let is_key = !key.is_empty()
-                && key
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b));
-            (is_key || rest.starts_with('[')).then(|| rest.to_owned())
-        };
-        text.lines()
-            .map(|line| uncomment(line).unwrap_or_else(|| line.to_owned()))
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Every key path under `value`: `cache.max_bytes`, and `upstreams[].primary.address` for
-    /// the keys of an array of tables (the union over its elements).
-    fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
-        let serde_json::Value::Object(table) = value else {
-            return;
-        };
-        for (key, value) in table {
-            let path = if prefix.is_empty() {
-                key.clone()
-            } else {
-                format!("{prefix}.{key}")
-            };
-            match value {
-                serde_json::Value::Object(_) if !FREE_FORM_TABLES.contains(&path.as_str()) => {
-                    key_paths(value, &path, out);
-                }
-                serde_json::Value::Array(items)
-                    if items.iter().all(serde_json::Value::is_object) =>
-                {
-                    for item in items {
-                        key_paths(item, &format!("{path}[]"), out);
-                    }
-                }
-                _ => {}
-            }
-            out.insert(path);
-        }
-    }
-
     #[test]
     fn the_example_config_documents_every_field() {
-        let text = example_with_optional_keys();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("proxy.example.toml");
+        let text = example_config::with_optional_keys(&std::fs::read_to_string(path).unwrap());
         // deny_unknown_fields: a key of the example that no field takes fails here.
         let config = Config::from_toml(&text).unwrap();
-        // JSON rather than TOML: it keeps a `None` field as `null`, so an `Option` the example
-        // does not mention is caught too.
-        let fields = serde_json::to_value(&config).unwrap();
-        let example = serde_json::to_value(toml::from_str::<toml::Value>(&text).unwrap()).unwrap();
-        let (mut in_structs, mut in_example) = (BTreeSet::new(), BTreeSet::new());
-        key_paths(&fields, "", &mut in_structs);
-        key_paths(&example, "", &mut in_example);
-        let undocumented: Vec<_> = in_structs.difference(&in_example).collect();
-        assert!(
-            undocumented.is_empty(),
-            "fields missing from proxy.example.toml (add each with its default and a comment): \
-             {undocumented:?}"
+        example_config::assert_documents_every_field(
+            "proxy.example.toml",
+            &text,
+            &serde_json::to_value(&config).unwrap(),
+            FREE_FORM_TABLES,
         );
-        let unknown: Vec<_> = in_example.difference(&in_structs).collect();
-        assert!(unknown.is_empty(), "keys no field takes: {unknown:?}");
     }
 }

