@@ -93,7 +93,7 @@ for candidate in target/debug/proxy target/release/proxy; do
     proxy_bin=$candidate
   fi
 done
-check_userdata() { # check_userdata BACKUP STALE METRICS_HOST ADMIN_TOKEN REDIS_URL
+check_userdata() { # check_userdata BACKUP STALE METRICS_HOST ADMIN_TOKEN REDIS_URL PREVIOUS_SECRETS
   render "$tmp/userdata.sh" "$1" "$2" "$3"
   bash -n "$tmp/userdata.sh" || { echo "check-deploy: UserData: shell syntax errors" >&2; exit 1; }
   # From `conf=` up to `chgrp`: the heredoc and the optional sections, with the boot's variables.
@@ -101,6 +101,7 @@ check_userdata() { # check_userdata BACKUP STALE METRICS_HOST ADMIN_TOKEN REDIS_
     sed "s|^conf=.*|conf=$tmp/proxy.toml|" > "$tmp/write-config.sh"
   rm -f "$tmp/proxy.toml.new"
   protection_secret=0123456789abcdef0123456789abcdef admin_token=$4 redis_url=$5 \
+    previous_secrets=$6 \
     bash -euo pipefail -c 'source "$1"' _ "$tmp/write-config.sh" ||
     { echo "check-deploy: UserData: writing proxy.toml failed" >&2; exit 1; }
   [ -n "$proxy_bin" ] || return 0
@@ -113,8 +114,9 @@ check_userdata() { # check_userdata BACKUP STALE METRICS_HOST ADMIN_TOKEN REDIS_
     exit 1
   fi
 }
-check_userdata yes yes 0.0.0.0 admin-token-0123456789 redis://127.0.0.1:1/0   # every option
-check_userdata no no 127.0.0.1 "" ""                                            # the minimum
+check_userdata yes yes 0.0.0.0 admin-token-0123456789 redis://127.0.0.1:1/0 \
+  '"fedcba9876543210fedcba9876543210"'                                # every option
+check_userdata no no 127.0.0.1 "" "" ""                                # the minimum
 if [ -n "$proxy_bin" ]; then
   echo "check-deploy: UserData: bash -n ok; the proxy.toml it writes passes $proxy_bin --test"
 else

@@ -210,7 +210,8 @@ pub struct MetricsConfig {
     pub addr: String,
 }
 
-/// Origin protection: only requests carrying `header: secret` are served.
+/// Origin protection: only requests carrying `header: secret` (or one of `previous_secrets`)
+/// are served.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
 pub struct OriginProtectionConfig {
@@ -218,6 +219,18 @@ pub struct OriginProtectionConfig {
     pub header: String,
     /// The shared secret value. Required, at least 16 bytes.
     pub secret: String,
+    /// Secrets still accepted while a rotation rolls out (each at least 16 bytes). Default
+    /// none. Rotate by putting the new value in `secret` and the old one here on every proxy,
+    /// then switching CloudFront's header, then removing the old one.
+    pub previous_secrets: Vec<String>,
+}
+
+impl OriginProtectionConfig {
+    /// Every accepted secret, the current one first.
+    pub fn accepted(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.secret.as_str())
+            .chain(self.previous_secrets.iter().map(String::as_str))
+    }
 }
 
 /// Request hardening limits the proxy enforces on top of pingora's own (pingora rejects request
@@ -463,6 +476,12 @@ impl Config {
                     "must be at least 16 bytes",
                 ));
             }
+            if protection.previous_secrets.iter().any(|s| s.len() < 16) {
+                return Err(ConfigError::invalid(
+                    "origin_protection.previous_secrets",
+                    "every secret must be at least 16 bytes",
+                ));
+            }
         }
 
         if !(256..=1024 * 1024).contains(&self.limits.max_uri_bytes) {
@@ -503,6 +522,13 @@ impl Config {
         let mut value = serde_json::to_value(self).unwrap_or_default();
         for pointer in ["/admin/token", "/origin_protection/secret"] {
             if let Some(secret) = value.pointer_mut(pointer) {
+                *secret = serde_json::Value::from("<redacted>");
+            }
+        }
+        if let Some(serde_json::Value::Array(previous)) =
+            value.pointer_mut("/origin_protection/previous_secrets")
+        {
+            for secret in previous {
                 *secret = serde_json::Value::from("<redacted>");
             }
         }
@@ -629,6 +655,11 @@ mod tests {
                 "[origin_protection]\nheader = \"bad header\"\nsecret = \"0123456789abcdef\"\n",
                 "origin_protection.header",
             ),
+            (
+                "[origin_protection]\nheader = \"x-secret\"\nsecret = \"0123456789abcdef\"\n\
+                 previous_secrets = [\"short\"]\n",
+                "origin_protection.previous_secrets",
+            ),
             ("[limits]\nmax_uri_bytes = 10\n", "limits.max_uri_bytes"),
             ("[kv]\nredis_url = \"rediss://h\"\n", "kv.redis_url"),
             ("[kv]\nmax_bytes = 10\n", "kv.max_bytes"),
@@ -665,10 +696,12 @@ mod tests {
         config.origin_protection = Some(OriginProtectionConfig {
             header: "x-origin-verify".into(),
             secret: "cloudfront-secret-0123".into(),
+            previous_secrets: vec!["cloudfront-old-secret-0123".into()],
         });
         let text = config.summary().to_string();
         assert!(!text.contains("admin-token-0123456789"), "{text}");
         assert!(!text.contains("cloudfront-secret-0123"), "{text}");
+        assert!(!text.contains("cloudfront-old-secret-0123"), "{text}");
         assert!(!text.contains("redis-password-0123"), "{text}");
         assert!(text.contains("10.0.0.5:6379"), "{text}");
         assert!(text.contains("x-origin-verify"), "{text}");

@@ -153,7 +153,8 @@ pub struct EdgeProxy {
     cache_lock: &'static CacheKeyLockImpl,
     lock_wait_timeout: Duration,
     limits: LimitsConfig,
-    protection: Option<(HeaderName, Vec<u8>)>,
+    /// `origin_protection`: the header and every accepted secret.
+    protection: Option<(HeaderName, Vec<Vec<u8>>)>,
     /// `wasm.max_body_bytes`: the largest playlist body hooks see or return.
     module_max_body: usize,
     /// `player.enabled`: serve the embedded web player at `/player/`.
@@ -183,7 +184,7 @@ impl EdgeProxy {
             Some(p) => Some((
                 HeaderName::from_bytes(p.header.as_bytes())
                     .or_err(ErrorType::InternalError, "origin_protection.header")?,
-                p.secret.as_bytes().to_vec(),
+                p.accepted().map(|s| s.as_bytes().to_vec()).collect(),
             )),
             None => None,
         };
@@ -247,12 +248,16 @@ impl EdgeProxy {
     }
 
     fn protected_ok(&self, req: &RequestHeader) -> bool {
-        let Some((name, secret)) = &self.protection else {
+        let Some((name, secrets)) = &self.protection else {
             return true;
         };
-        req.headers
-            .get(name)
-            .is_some_and(|v| constant_time_eq(v.as_bytes(), secret))
+        // Every secret is compared (no early exit), each in constant time: the time taken
+        // tells nothing about which one, if any, matched.
+        req.headers.get(name).is_some_and(|v| {
+            secrets.iter().fold(false, |ok, secret| {
+                ok | constant_time_eq(v.as_bytes(), secret)
+            })
+        })
     }
 
     /// Runs the request hooks of `chain` (request filter phase). `Ok(true)`: a module answered

@@ -94,8 +94,11 @@ async fn requests_without_the_origin_protection_secret_get_403() {
     let origin = Origin::start().await;
     origin.set("/live/1.ts", Reply::ok("segment"));
     let secret = "cloudfront-shared-secret-42";
+    // Mid-rotation: the old secret is still accepted until CloudFront sends the new one.
+    let old = "cloudfront-shared-secret-41";
     let proxy = Proxy::start(&format!(
-        "{}\n[origin_protection]\nheader = \"x-origin-verify\"\nsecret = \"{secret}\"\n",
+        "{}\n[origin_protection]\nheader = \"x-origin-verify\"\nsecret = \"{secret}\"\n\
+         previous_secrets = [\"{old}\"]\n",
         upstream_config(&origin, None)
     ))
     .await;
@@ -116,6 +119,10 @@ async fn requests_without_the_origin_protection_secret_get_403() {
         .unwrap();
     assert_eq!(right.status, 200);
     assert_eq!(right.body, b"segment");
+    let rotated_out = get_with(proxy.addr, "/live/1.ts", &[("x-origin-verify", old)])
+        .await
+        .unwrap();
+    assert_eq!(rotated_out.status, 200);
     // The secret is for the edge only; the origin never sees it.
     assert!(origin.seen()[0].header("x-origin-verify").is_none());
     // Load-balancer health checks do not carry the CloudFront header.
