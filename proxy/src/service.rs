@@ -3,8 +3,9 @@
 //! Pingora calls the phases below in this order; each one is a method in this file, in the same
 //! order, so the whole path reads top to bottom:
 //!
-//! 1. `request_filter` — `/healthz`, origin protection, method / size / path hardening, the
-//!    embedded player (`/player/`), route choice, the policy modules' request hooks.
+//! 1. `request_filter` — `/healthz`, origin protection, CORS preflights, method / size / path
+//!    hardening, the embedded player (`/player/`), route choice, the policy modules' request
+//!    hooks.
 //!    Rejections become an [`Error`] with an HTTP status and go to `fail_to_proxy`.
 //! 2. `request_cache_filter`, `cache_key_callback` — every GET/HEAD uses the cache, with the
 //!    cache lock so concurrent misses coalesce into one origin fetch.
@@ -337,6 +338,39 @@ async fn respond_locally(
     Ok(true)
 }
 
+/// What the proxy serves (the `Allow` of a 405), and what a CORS preflight may ask for.
+const ALLOWED_METHODS: &str = "GET, HEAD, OPTIONS";
+
+/// A browser's CORS preflight: `OPTIONS` with `Origin` and an `Access-Control-Request-Method`
+/// of GET or HEAD (a player on another site sending, say, a token header).
+fn is_cors_preflight(req: &RequestHeader) -> bool {
+    req.headers.contains_key(header::ORIGIN)
+        && req
+            .headers
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .is_some_and(|m| m == "GET" || m == "HEAD")
+}
+
+/// Answers a CORS preflight here, without the cache or an origin: any origin may GET/HEAD with
+/// the headers it asked for (the streams are public or token-protected, never cookie-only
+/// secrets, and the origin's own responses already say `Access-Control-Allow-Origin: *`).
+async fn answer_preflight(session: &mut Session) -> Result<bool> {
+    let requested = session
+        .req_header()
+        .headers
+        .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+        .cloned();
+    let mut resp = ResponseHeader::build(204, Some(6))?;
+    resp.insert_header(header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")?;
+    resp.insert_header(header::ACCESS_CONTROL_ALLOW_METHODS, ALLOWED_METHODS)?;
+    if let Some(requested) = requested {
+        resp.insert_header(header::ACCESS_CONTROL_ALLOW_HEADERS, requested)?;
+    }
+    resp.insert_header(header::ACCESS_CONTROL_MAX_AGE, "86400")?;
+    resp.insert_header(header::VARY, "Origin, Access-Control-Request-Headers")?;
+    respond_locally(session, Box::new(resp), Bytes::new()).await
+}
+
 /// Serves the embedded web player (`player.enabled`): a redirect to `/player/`, a file with
 /// its ETag (304 when the browser has it), or 404.
 async fn serve_player(session: &mut Session, route: player::Route) -> Result<bool> {
@@ -487,6 +521,9 @@ impl ProxyHttp for EdgeProxy {
 
         if !self.protected_ok(req) {
             return Error::e_explain(ErrorType::HTTPStatus(403), "origin-protection header");
+        }
+        if req.method == Method::OPTIONS && is_cors_preflight(req) {
+            return answer_preflight(session).await;
         }
         self.check_request(req)?;
         if self.player {
@@ -789,7 +826,7 @@ impl ProxyHttp for EdgeProxy {
             resp.insert_header(header::CONTENT_LENGTH, 0)?;
             resp.insert_header(header::CACHE_CONTROL, "no-store")?;
             if status == 405 {
-                resp.insert_header(header::ALLOW, "GET, HEAD")?;
+                resp.insert_header(header::ALLOW, ALLOWED_METHODS)?;
             }
             session.write_response_header(Box::new(resp), true).await
         }

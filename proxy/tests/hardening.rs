@@ -26,6 +26,7 @@ async fn assert_still_serving(proxy: &Proxy) {
 #[tokio::test]
 async fn methods_other_than_get_and_head_get_405_with_allow() {
     let (origin, proxy) = proxy_with_origin("").await;
+    // OPTIONS that is not a CORS preflight included.
     for method in [
         "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "PURGE",
     ] {
@@ -38,7 +39,7 @@ async fn methods_other_than_get_and_head_get_405_with_allow() {
         .await
         .unwrap();
         assert_eq!(resp.status, 405, "{method}");
-        assert_eq!(resp.header("allow"), Some("GET, HEAD"), "{method}");
+        assert_eq!(resp.header("allow"), Some("GET, HEAD, OPTIONS"), "{method}");
     }
     // pingora itself refuses CONNECT before our filters run.
     let resp = send_raw(
@@ -50,6 +51,51 @@ async fn methods_other_than_get_and_head_get_405_with_allow() {
     .unwrap();
     assert_eq!(resp.status, 405);
     assert_eq!(origin.total(), 0);
+    assert_still_serving(&proxy).await;
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_at_the_edge() {
+    let (origin, proxy) = proxy_with_origin("").await;
+    let resp = request(
+        proxy.addr,
+        "OPTIONS",
+        "/live/ok.ts",
+        &[
+            ("origin", "https://player.example"),
+            ("access-control-request-method", "GET"),
+            ("access-control-request-headers", "x-parallax-token"),
+            ("content-length", "0"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 204);
+    assert_eq!(resp.header("access-control-allow-origin"), Some("*"));
+    assert_eq!(
+        resp.header("access-control-allow-methods"),
+        Some("GET, HEAD, OPTIONS")
+    );
+    assert_eq!(
+        resp.header("access-control-allow-headers"),
+        Some("x-parallax-token")
+    );
+    assert_eq!(resp.header("access-control-max-age"), Some("86400"));
+    // A preflight for a method the proxy does not serve is not one it answers.
+    let resp = request(
+        proxy.addr,
+        "OPTIONS",
+        "/live/ok.ts",
+        &[
+            ("origin", "https://player.example"),
+            ("access-control-request-method", "POST"),
+            ("content-length", "0"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status, 405);
+    assert_eq!(origin.total(), 0, "a preflight never reaches the origin");
     assert_still_serving(&proxy).await;
 }
 
