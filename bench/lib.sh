@@ -24,3 +24,17 @@ tree_cpu_secs() {
   for p in $pids; do ticks=$((ticks + $(awk '{print $14 + $15}' /proc/"$p"/stat 2>/dev/null || echo 0))); done
   python3 -c "print(f'{$ticks / $hz:.2f}')"
 }
+
+# write_origin_config FILE DATA_DIR RTMP_PORT HTTP_PORT: a Parallax origin on loopback with
+# recording off (the benchmarks measure live packaging and serving).
+write_origin_config() {
+  cat > "$1" <<TOML
+data_dir = "$2"
+[rtmp]
+listen = "127.0.0.1:$3"
+[http]
+listen = "127.0.0.1:$4"
+[recording]
+enabled = false
+TOML
+}

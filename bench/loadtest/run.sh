@@ -30,13 +30,7 @@ BIN=$(dirname "${PROXY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/proxy}")
 
 # The live source: the real origin fed by the built-in publisher (2 s segments, ~0.7 Mbit/s).
 RTMP=$(free_port); ORIGIN=$(free_port)
-cat > "$WORK/origin.toml" <<EOF
-data_dir = "$WORK/origin"
-[rtmp]
-listen = "127.0.0.1:$RTMP"
-[http]
-listen = "127.0.0.1:$ORIGIN"
-EOF
+write_origin_config "$WORK/origin.toml" "$WORK/origin" "$RTMP" "$ORIGIN"
 RUST_LOG=warn "$BIN/origin" --config "$WORK/origin.toml" > "$WORK/origin.log" 2>&1 & PIDS+=($!)
 wait_port 127.0.0.1 "$RTMP"
 "$BIN/origin" publish "rtmp://127.0.0.1:$RTMP/live/bench" > "$WORK/publish.log" 2>&1 & PIDS+=($!)

@@ -21,15 +21,7 @@ ORIGIN_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/origin"
 
 start_parallax() {
   RTMP=$(free_port); HTTP=$(free_port)
-  cat > "$WORK/origin.toml" <<TOML
-data_dir = "$WORK/parallax-data"
-[rtmp]
-listen = "127.0.0.1:$RTMP"
-[http]
-listen = "127.0.0.1:$HTTP"
-[recording]
-enabled = false
-TOML
+  write_origin_config "$WORK/origin.toml" "$WORK/parallax-data" "$RTMP" "$HTTP"
   "$ORIGIN_BIN" --config "$WORK/origin.toml" > "$WORK/parallax.log" 2>&1 & SERVER=$!; PIDS+=($SERVER)
 }
 start_nginx_rtmp() {
