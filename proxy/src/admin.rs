@@ -92,6 +92,9 @@ pub struct AdminConfig {
     pub listen: String,
     /// The bearer token every request must carry; at least 16 characters. Default empty.
     pub token: String,
+    /// Read `token` from this file instead (surrounding whitespace trimmed), e.g. a systemd
+    /// credential or a container secret. Default empty: unset.
+    pub token_file: String,
     /// Allow `listen` on a non-loopback address. Default `false`: purge is a cache-wide denial
     /// of service in the wrong hands, so exposing it must be a decision.
     pub allow_non_loopback: bool,
@@ -103,6 +106,7 @@ impl Default for AdminConfig {
             enabled: false,
             listen: "127.0.0.1:9090".to_string(),
             token: String::new(),
+            token_file: String::new(),
             allow_non_loopback: false,
         }
     }
@@ -1024,6 +1028,7 @@ mod tests {
             listen: "0.0.0.0:9090".to_string(),
             token: TOKEN.to_string(),
             allow_non_loopback: false,
+            ..AdminConfig::default()
         };
         assert!(matches!(
             config.validate(),

@@ -217,8 +217,11 @@ pub struct MetricsConfig {
 pub struct OriginProtectionConfig {
     /// Header name, e.g. `x-origin-verify`. Required.
     pub header: String,
-    /// The shared secret value. Required, at least 16 bytes.
+    /// The shared secret value. Required (or `secret_file`), at least 16 bytes.
     pub secret: String,
+    /// Read `secret` from this file instead (surrounding whitespace trimmed). Default empty:
+    /// unset.
+    pub secret_file: String,
     /// Secrets still accepted while a rotation rolls out (each at least 16 bytes). Default
     /// none. Rotate by putting the new value in `secret` and the old one here on every proxy,
     /// then switching CloudFront's header, then removing the old one.
@@ -364,7 +367,19 @@ impl Config {
 
     /// Checks what serde cannot: addresses parse, names resolve, ranges hold. Returns the first
     /// problem, naming its key.
-    pub fn validate(self) -> Result<Config, ConfigError> {
+    pub fn validate(mut self) -> Result<Config, ConfigError> {
+        load_secret(
+            &mut self.admin.token,
+            &self.admin.token_file,
+            "admin.token_file",
+        )?;
+        if let Some(protection) = &mut self.origin_protection {
+            load_secret(
+                &mut protection.secret,
+                &protection.secret_file,
+                "origin_protection.secret_file",
+            )?;
+        }
         if !self.listen.http.is_empty() {
             check_addr("listen.http", &self.listen.http)?;
         }
@@ -548,6 +563,24 @@ impl Config {
     }
 }
 
+/// Reads a secret kept out of the config file: `value` from `file` (whitespace trimmed) when
+/// `file` is set. Setting both is an error, as is a file that cannot be read.
+fn load_secret(value: &mut String, file: &str, key: &str) -> Result<(), ConfigError> {
+    if file.is_empty() {
+        return Ok(());
+    }
+    if !value.is_empty() {
+        return Err(ConfigError::invalid(
+            key,
+            "set either the value or the file, not both",
+        ));
+    }
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError::invalid(key, format!("reading {file}: {e}")))?;
+    *value = text.trim().to_owned();
+    Ok(())
+}
+
 fn check_addr(key: &str, value: &str) -> Result<(), ConfigError> {
     value
         .parse::<SocketAddr>()
@@ -697,6 +730,7 @@ mod tests {
             header: "x-origin-verify".into(),
             secret: "cloudfront-secret-0123".into(),
             previous_secrets: vec!["cloudfront-old-secret-0123".into()],
+            ..OriginProtectionConfig::default()
         });
         let text = config.summary().to_string();
         assert!(!text.contains("admin-token-0123456789"), "{text}");
@@ -705,6 +739,42 @@ mod tests {
         assert!(!text.contains("redis-password-0123"), "{text}");
         assert!(text.contains("10.0.0.5:6379"), "{text}");
         assert!(text.contains("x-origin-verify"), "{text}");
+    }
+
+    #[test]
+    fn secrets_can_come_from_files_but_not_from_both_places() {
+        let dir = std::env::temp_dir().join(format!("parallax-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("admin-token");
+        let secret = dir.join("origin-secret");
+        std::fs::write(&token, "admin-token-from-a-file\n").unwrap();
+        std::fs::write(&secret, "  origin-secret-from-a-file  ").unwrap();
+        let base = "[[upstreams]]\nname = \"o\"\nprimary.address = \"127.0.0.1:8081\"\n";
+        let text = format!(
+            "{base}[admin]\nenabled = true\ntoken_file = {token:?}\n\
+             [origin_protection]\nheader = \"x-origin-verify\"\nsecret_file = {secret:?}\n"
+        );
+        let config = Config::from_toml(&text).unwrap().validate().unwrap();
+        assert_eq!(config.admin.token, "admin-token-from-a-file");
+        assert_eq!(
+            config.origin_protection.unwrap().secret,
+            "origin-secret-from-a-file"
+        );
+        let both = format!(
+            "{base}[admin]\nenabled = true\ntoken = \"admin-token-0123456789\"\n\
+             token_file = {token:?}\n"
+        );
+        let err = Config::from_toml(&both).unwrap().validate().unwrap_err();
+        assert!(err.to_string().contains("admin.token_file"), "{err}");
+        let missing = format!(
+            "{base}[origin_protection]\nheader = \"x-origin-verify\"\n\
+             secret_file = \"/nonexistent/secret\"\n"
+        );
+        let err = Config::from_toml(&missing).unwrap().validate().unwrap_err();
+        let err = err.to_string();
+        assert!(err.contains("origin_protection.secret_file"), "{err}");
+        assert!(err.contains("/nonexistent/secret"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
