@@ -13,19 +13,15 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use support::origin_support::{ffprobe, parse_playlist, require_ffmpeg, temp_dir};
-use support::{bin, fetch, start_origin, start_proxy, wait_for_segments, Proc};
+use support::{fetch, start_proxy, start_published_pair, wait_for_segments};
 use tokio::time::Instant;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn viewers_keep_playing_through_the_proxy_when_the_primary_origin_is_killed_mid_stream() {
     require_ffmpeg();
     let dir = temp_dir("e2e-chain");
-    let mut a = start_origin(&dir, "a").await;
-    let b = start_origin(&dir, "b").await;
-    let origin = bin("origin");
-    let url = |port: u16| format!("rtmp://127.0.0.1:{port}/live/e2e");
-    let _publish_a = Proc::spawn(&dir, "publish-a", &origin, &["publish", &url(a.rtmp)]);
-    let _publish_b = Proc::spawn(&dir, "publish-b", &origin, &["publish", &url(b.rtmp)]);
+    let mut pair = start_published_pair(&dir, "e2e").await;
+    let (a, b) = (&mut pair.a, &pair.b);
     let (proxy, port) = start_proxy(&dir, a.http, b.http, "e2e", "").await;
     let playlist_url = format!("http://127.0.0.1:{port}/live/e2e/index.m3u8");
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use serde_json::Value;
 use support::origin_support::{require_ffmpeg, temp_dir};
 use support::ports::free_port;
-use support::{bin, start_origin, start_proxy, wait_for_segments, wait_listening, Proc};
+use support::{bin, start_proxy, start_published_pair, wait_for_segments, wait_listening, Proc};
 
 /// Runs `proxy loadtest` with `args`, bounded by the test's own timeout.
 async fn loadtest(args: Vec<String>) -> Output {
@@ -48,12 +48,8 @@ fn by_type<'a>(summary: &'a Value, kind: &str) -> &'a Value {
 async fn simulated_viewers_play_through_the_proxy_and_only_reach_named_hosts() {
     require_ffmpeg();
     let dir = temp_dir("e2e-loadtest");
-    let a = start_origin(&dir, "a").await;
-    let b = start_origin(&dir, "b").await;
-    let origin = bin("origin");
-    let rtmp = |port: u16| format!("rtmp://127.0.0.1:{port}/live/load");
-    let _publish_a = Proc::spawn(&dir, "publish-a", &origin, &["publish", &rtmp(a.rtmp)]);
-    let _publish_b = Proc::spawn(&dir, "publish-b", &origin, &["publish", &rtmp(b.rtmp)]);
+    let pair = start_published_pair(&dir, "load").await;
+    let (a, b) = (&pair.a, &pair.b);
     let metrics_port = free_port();
     let (proxy, port) = start_proxy(
         &dir,

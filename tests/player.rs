@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::origin_support::{require_ffmpeg, temp_dir};
-use support::{bin, fetch, start_origin, start_proxy, wait_for_segments, Proc};
+use support::{fetch, start_proxy, start_published_pair, wait_for_segments};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 fn repo() -> PathBuf {
@@ -45,12 +45,8 @@ async fn the_player_plays_through_the_proxy_in_chromium_and_survives_losing_the_
     require_ffmpeg();
     require_browser();
     let dir = temp_dir("e2e-player");
-    let mut a = start_origin(&dir, "a").await;
-    let b = start_origin(&dir, "b").await;
-    let origin = bin("origin");
-    let rtmp = |port: u16| format!("rtmp://127.0.0.1:{port}/live/view");
-    let _publish_a = Proc::spawn(&dir, "publish-a", &origin, &["publish", &rtmp(a.rtmp)]);
-    let _publish_b = Proc::spawn(&dir, "publish-b", &origin, &["publish", &rtmp(b.rtmp)]);
+    let mut pair = start_published_pair(&dir, "view").await;
+    let (a, b) = (&mut pair.a, &pair.b);
     let (proxy, port) = start_proxy(&dir, a.http, b.http, "view", "[player]\nenabled = true").await;
     let base = format!("http://127.0.0.1:{port}");
     let playlist = format!("{base}/live/view/index.m3u8");

@@ -1,5 +1,5 @@
-//! What one policy-module hook call costs in the host, away from the proxy: loads a module the
-//! way the proxy does (compile, first instance, self-test) and times `on-request` and
+//! What one policy-module hook call costs in the host, away from the proxy: loads a module with
+//! the checks `proxy module check` runs (compile, first instance, self-test) and times `on-request` and
 //! `on-response` with a one-header request, 20,000 calls per round.
 //!
 //! ```sh
@@ -7,38 +7,22 @@
 //! cargo run --release --example hook_call_cost -- target/wasm32-wasip2/release/module_template.wasm
 //! ```
 
-use std::sync::Arc;
 use std::time::Instant;
 
-use parallax_proxy::kv::MemoryKv;
-use parallax_proxy::metrics::Metrics;
 use parallax_proxy::wasm::host::{wit, HostServices};
-use parallax_proxy::wasm::runtime::{content_hash, Bound, ModuleSpec, Runtime};
-use parallax_proxy::wasm::{ModuleConfig, WasmConfig};
+use parallax_proxy::wasm::runtime;
+use parallax_proxy::wasm::ModuleConfig;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let path = std::env::args()
         .nth(1)
         .ok_or("usage: hook_call_cost <module.wasm>")?;
     let bytes = std::fs::read(&path)?;
-    let config = WasmConfig {
-        cache_dir: Some(std::path::PathBuf::new()),
-        ..WasmConfig::default()
-    };
-    let runtime = Runtime::new(&config)?;
-    let hash = content_hash(&bytes);
-    let code = Arc::new(runtime.compile(bytes, hash)?);
     let entry = ModuleConfig {
         name: "bench".into(),
         ..ModuleConfig::default()
     };
-    let services = HostServices {
-        kv: Arc::new(MemoryKv::new(1 << 20)),
-        upstreams: None,
-        metrics: Arc::new(Metrics::new()?),
-    };
-    let spec = Arc::new(ModuleSpec::new(&entry, &config));
-    let bound = Bound::prepare(spec, code, runtime, Arc::new(services))?;
+    let bound = runtime::check(bytes, &entry, HostServices::standalone()?)?;
     let header = |name: &str, value: &str| wit::Header {
         name: name.into(),
         value: value.into(),

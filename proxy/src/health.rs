@@ -5,8 +5,8 @@
 //! within `timeout_ms` is a success (this is a liveness probe: freshness is the stale detector's
 //! job). With a [`StalePlaylistConfig`], the group's live playlist is fetched too, and an origin
 //! whose newest segment (`EXT-X-MEDIA-SEQUENCE` + segment count) has not advanced for
-//! `stale_multiple` × `EXT-X-TARGETDURATION` fails its checks although it answers 200: the encoder feeding it died, the other origin's
-//! did not. Results feed the group's hysteresis ([`crate::upstream`]).
+//! `stale_multiple` × `EXT-X-TARGETDURATION` fails its checks although it answers 200: the
+//! encoder feeding it died, the other origin's did not. Results feed the group's hysteresis ([`crate::upstream`]).
 //!
 //! Checks use pingora's own HTTP/1 connector with the same peer (TLS, SNI, certificate
 //! verification) that requests use, on a fresh connection each time: a pooled connection would
@@ -163,9 +163,7 @@ impl PlaylistHead {
     pub fn next_sequence(&self) -> u64 {
         self.media_sequence.saturating_add(self.segments)
     }
-}
 
-impl PlaylistHead {
     /// Reads the two tags from a media playlist, tolerating CRLF line ends, a byte-order mark and
     /// surrounding whitespace.
     pub fn parse(text: &str) -> Result<Self, PlaylistError> {

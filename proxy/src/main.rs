@@ -267,12 +267,8 @@ fn module_check(args: &CheckArgs) -> anyhow::Result<String> {
             .insert(key.to_owned(), ConfigValue::Text(value.to_owned()));
     }
     let bytes = std::fs::read(&args.file)?;
-    let services = HostServices {
-        kv: std::sync::Arc::new(parallax_proxy::kv::MemoryKv::new(1 << 20)),
-        upstreams: None,
-        metrics: std::sync::Arc::new(parallax_proxy::metrics::Metrics::new()?),
-    };
-    let code = runtime::check(bytes, &entry, services)?;
+    let bound = runtime::check(bytes, &entry, HostServices::standalone()?)?;
+    let code = &bound.code;
     Ok(format!(
         "ok: version {} ({} bytes), exports {}",
         code.short(),

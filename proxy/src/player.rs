@@ -26,6 +26,19 @@ pub struct Asset {
     pub body: &'static [u8],
     /// `Content-Type`.
     pub content_type: &'static str,
+    /// The strong `ETag`, computed on first use.
+    etag: OnceLock<String>,
+}
+
+impl Asset {
+    /// The strong `ETag`: a quoted prefix of the body's SHA-256, computed once.
+    pub fn etag(&self) -> &str {
+        self.etag.get_or_init(|| {
+            let digest = Sha256::digest(self.body);
+            let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+            format!("\"{hex}\"")
+        })
+    }
 }
 
 const HTML: &str = "text/html; charset=utf-8";
@@ -39,13 +52,14 @@ macro_rules! asset {
             name: $name,
             body: include_bytes!(concat!("../../player/", $name)),
             content_type: $content_type,
+            etag: OnceLock::new(),
         }
     };
 }
 
 /// Every file the player needs (`README.md`, `package*.json` and `vendor.sh` are for
 /// developers and stay out).
-pub static ASSETS: &[Asset] = &[
+pub static ASSETS: [Asset; 9] = [
     asset!("index.html", HTML),
     asset!("player.js", JS),
     asset!("player.css", CSS),
@@ -103,26 +117,6 @@ pub fn route(path: &str, query: Option<&str>) -> Route {
         .map_or(Route::NotFound, Route::File)
 }
 
-/// The asset's strong `ETag` (a quoted prefix of its SHA-256), computed once.
-pub fn etag(asset: &Asset) -> &'static str {
-    static TAGS: OnceLock<Vec<String>> = OnceLock::new();
-    let tags = TAGS.get_or_init(|| {
-        ASSETS
-            .iter()
-            .map(|a| {
-                let digest = Sha256::digest(a.body);
-                let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
-                format!("\"{hex}\"")
-            })
-            .collect()
-    });
-    ASSETS
-        .iter()
-        .position(|a| a.name == asset.name)
-        .and_then(|i| tags.get(i))
-        .map_or("\"\"", String::as_str)
-}
-
 /// Whether an `If-None-Match` value matches `etag` (`*`, or one of a comma-separated list,
 /// weak or strong).
 pub fn not_modified(if_none_match: &str, etag: &str) -> bool {
@@ -166,7 +160,7 @@ mod tests {
 
     #[test]
     fn every_asset_is_non_empty_and_has_a_distinct_etag() {
-        let mut tags: Vec<&str> = ASSETS.iter().map(etag).collect();
+        let mut tags: Vec<&str> = ASSETS.iter().map(Asset::etag).collect();
         assert!(ASSETS.iter().all(|a| !a.body.is_empty()));
         tags.sort_unstable();
         tags.dedup();

@@ -338,13 +338,23 @@ async fn respond_locally(
     Ok(true)
 }
 
+/// A response of `status` with no body that nobody should store: errors and fail-closed
+/// module failures.
+fn empty_response(status: u16) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_LENGTH, 0)?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    Ok(resp)
+}
+
 /// What the proxy serves (the `Allow` of a 405), and what a CORS preflight may ask for.
 const ALLOWED_METHODS: &str = "GET, HEAD, OPTIONS";
 
 /// A browser's CORS preflight: `OPTIONS` with `Origin` and an `Access-Control-Request-Method`
 /// of GET or HEAD (a player on another site sending, say, a token header).
 fn is_cors_preflight(req: &RequestHeader) -> bool {
-    req.headers.contains_key(header::ORIGIN)
+    req.method == Method::OPTIONS
+        && req.headers.contains_key(header::ORIGIN)
         && req
             .headers
             .get(header::ACCESS_CONTROL_REQUEST_METHOD)
@@ -387,7 +397,7 @@ async fn serve_player(session: &mut Session, route: player::Route) -> Result<boo
             return Error::e_explain(ErrorType::HTTPStatus(404), "no such player file");
         }
     };
-    let etag = player::etag(asset);
+    let etag = asset.etag();
     let cached = session
         .req_header()
         .headers
@@ -522,7 +532,7 @@ impl ProxyHttp for EdgeProxy {
         if !self.protected_ok(req) {
             return Error::e_explain(ErrorType::HTTPStatus(403), "origin-protection header");
         }
-        if req.method == Method::OPTIONS && is_cors_preflight(req) {
+        if is_cors_preflight(req) {
             return answer_preflight(session).await;
         }
         self.check_request(req)?;
@@ -729,7 +739,10 @@ impl ProxyHttp for EdgeProxy {
             if let Err(status) =
                 chain::run_response_hooks(&m.chain, &m.record, resp, cache, metrics)
             {
-                *resp = chain::failure_response(status)?;
+                // A fail-closed failure replaces the header in place rather than failing the
+                // request: pingora answers a failed response filter on a cache hit with its own
+                // 500. The body that follows is dropped by the framing (`Content-Length: 0`).
+                *resp = empty_response(status)?;
                 return Ok(());
             }
             let req = session.req_header();
@@ -822,9 +835,7 @@ impl ProxyHttp for EdgeProxy {
             );
         }
         let written = async {
-            let mut resp = ResponseHeader::build(status, Some(4))?;
-            resp.insert_header(header::CONTENT_LENGTH, 0)?;
-            resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+            let mut resp = empty_response(status)?;
             if status == 405 {
                 resp.insert_header(header::ALLOW, ALLOWED_METHODS)?;
             }

@@ -114,6 +114,29 @@ pub async fn start_origin(dir: &Path, name: &str) -> Origin {
     Origin { proc, rtmp, http }
 }
 
+/// Two origins fed the same stream by the built-in publisher, as an encoder configured with
+/// two RTMP outputs feeds a redundant pair.
+pub struct PublishedPair {
+    /// Origin A (the proxy's primary in these tests).
+    pub a: Origin,
+    /// Origin B.
+    pub b: Origin,
+    _publishers: [Proc; 2],
+}
+
+/// Starts origins A and B under `dir` and publishes `live/<stream>` to both.
+pub async fn start_published_pair(dir: &Path, stream: &str) -> PublishedPair {
+    let a = start_origin(dir, "a").await;
+    let b = start_origin(dir, "b").await;
+    let origin = bin("origin");
+    let publish = |name: &str, port: u16| {
+        let url = format!("rtmp://127.0.0.1:{port}/live/{stream}");
+        Proc::spawn(dir, name, &origin, &["publish", &url])
+    };
+    let _publishers = [publish("publish-a", a.rtmp), publish("publish-b", b.rtmp)];
+    PublishedPair { a, b, _publishers }
+}
+
 /// The proxy with A as primary and B as backup, active checks on `stream`'s live playlist;
 /// `extra` is appended to its TOML config (more sections: `[player]`, `[metrics]`, ...).
 pub async fn start_proxy(

@@ -297,33 +297,34 @@ fn check_open_files(viewers: u32) -> Result<(), LoadtestError> {
 
 /// Loads the URL once so a wrong URL is one clear error, not N viewers' worth of them.
 async fn preflight(plan: &Plan) -> Result<(), LoadtestError> {
-    let fail = |reason: String| LoadtestError::Target {
-        url: plan.args.url.clone(),
-        reason,
-    };
-    let fetched = Client::new(plan.args.timeout)
-        .get(&plan.url, true)
-        .await
-        .map_err(|e| fail(e.outcome.label()))?;
-    m3u8_rs::parse_playlist_res(&fetched.body).map_err(|_| {
-        let start = String::from_utf8_lossy(&fetched.body[..fetched.body.len().min(40)])
-            .replace('\n', "\\n");
-        fail(format!("not an HLS playlist (starts {start:?})"))
+    let body = fetch_once(&plan.url, plan.args.timeout).await?;
+    m3u8_rs::parse_playlist_res(&body).map_err(|_| {
+        let start = String::from_utf8_lossy(&body[..body.len().min(40)]).replace('\n', "\\n");
+        target_error(&plan.url, format!("not an HLS playlist (starts {start:?})"))
     })?;
     Ok(())
 }
 
-/// The sum of `parallax_origin_requests_total` on the proxy's metrics endpoint.
-async fn origin_requests(uri: &Uri, timeout: Duration) -> Result<u64, LoadtestError> {
-    let fail = |reason: String| LoadtestError::Target {
-        url: uri.to_string(),
-        reason,
-    };
-    let fetched = Client::new(timeout)
+/// One GET outside the viewers (the preflight, the metrics scrapes); a failure names the URL.
+async fn fetch_once(uri: &Uri, timeout: Duration) -> Result<bytes::Bytes, LoadtestError> {
+    Client::new(timeout)
         .get(uri, true)
         .await
-        .map_err(|e| fail(e.outcome.label()))?;
-    let text = String::from_utf8_lossy(&fetched.body);
+        .map(|fetched| fetched.body)
+        .map_err(|e| target_error(uri, e.outcome.label()))
+}
+
+fn target_error(uri: &Uri, reason: String) -> LoadtestError {
+    LoadtestError::Target {
+        url: uri.to_string(),
+        reason,
+    }
+}
+
+/// The sum of `parallax_origin_requests_total` on the proxy's metrics endpoint.
+async fn origin_requests(uri: &Uri, timeout: Duration) -> Result<u64, LoadtestError> {
+    let body = fetch_once(uri, timeout).await?;
+    let text = String::from_utf8_lossy(&body);
     let mut found = false;
     let mut total = 0.0;
     for line in text.lines() {
@@ -339,7 +340,8 @@ async fn origin_requests(uri: &Uri, timeout: Duration) -> Result<u64, LoadtestEr
         }
     }
     if !found && !text.contains("# TYPE parallax_origin_requests_total") {
-        return Err(fail(
+        return Err(target_error(
+            uri,
             "no parallax_origin_requests_total: not a Parallax proxy's metrics endpoint".into(),
         ));
     }
@@ -450,21 +452,7 @@ pub fn format_summary(s: &Summary) -> String {
         "\nthroughput: {:.0} req/s, {:.1} MB/s\n",
         s.requests_per_sec, s.megabytes_per_sec
     ));
-    if s.errors == 0 {
-        out.push_str("errors: none\n");
-    } else {
-        let causes: Vec<String> = s
-            .errors_by_kind
-            .iter()
-            .map(|(cause, n)| format!("{cause} {n}"))
-            .collect();
-        out.push_str(&format!(
-            "errors: {} ({:.2} %): {}\n",
-            s.errors,
-            s.error_percent,
-            causes.join(", ")
-        ));
-    }
+    out.push_str(&format!("errors: {}\n", s.errors_text()));
     out.push_str(&format!(
         "slow segments (download longer than the segment): {}; fell behind the window: {}\n",
         s.slow_segments, s.fell_behind

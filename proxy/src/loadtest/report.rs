@@ -153,24 +153,7 @@ fn summary_table(s: &Summary) -> String {
             "requests",
             format!("{} ({:.0}/s)", s.requests, s.requests_per_sec),
         ),
-        (
-            "errors",
-            if s.errors == 0 {
-                "none".to_owned()
-            } else {
-                let causes: Vec<String> = s
-                    .errors_by_kind
-                    .iter()
-                    .map(|(cause, n)| format!("{cause}: {n}"))
-                    .collect();
-                format!(
-                    "{} ({:.2} %): {}",
-                    s.errors,
-                    s.error_percent,
-                    causes.join(", ")
-                )
-            },
-        ),
+        ("errors", s.errors_text()),
         (
             "received",
             format!(
@@ -229,26 +212,22 @@ fn type_table(s: &Summary) -> String {
 
 fn percentile_chart(series: &[Series]) -> String {
     let labels: Vec<String> = PERCENTILES.iter().map(|p| format!("p{p}")).collect();
-    let mut svg = chart_frame(
+    chart_with_labels(
         "Response-time percentiles",
         "percentile",
         "ms",
         series,
         Some(&labels),
-    );
-    svg.push_str("</svg>\n");
-    svg
+    )
 }
 
 fn chart(title: &str, x_label: &str, y_label: &str, series: &[Series]) -> String {
-    let mut svg = chart_frame(title, x_label, y_label, series, None);
-    svg.push_str("</svg>\n");
-    svg
+    chart_with_labels(title, x_label, y_label, series, None)
 }
 
-/// An SVG chart with axes, ticks, a legend and one polyline per series (left open: the
-/// caller closes `</svg>`). `x_labels` names the x positions 0, 1, 2... instead of numbers.
-fn chart_frame(
+/// An SVG chart with axes, ticks, a legend and one polyline per series. `x_labels` names the x
+/// positions 0, 1, 2... instead of numbers.
+fn chart_with_labels(
     title: &str,
     x_label: &str,
     y_label: &str,
@@ -352,6 +331,7 @@ fn chart_frame(
             n = escape(s.name)
         );
     }
+    svg.push_str("</svg>\n");
     svg
 }
 

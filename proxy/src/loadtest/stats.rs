@@ -414,6 +414,26 @@ pub struct Summary {
     pub timeline: Vec<Second>,
 }
 
+impl Summary {
+    /// The failures in one line: `none`, or the count, the share and each cause's count.
+    pub fn errors_text(&self) -> String {
+        if self.errors == 0 {
+            return "none".to_owned();
+        }
+        let causes: Vec<String> = self
+            .errors_by_kind
+            .iter()
+            .map(|(cause, n)| format!("{cause}: {n}"))
+            .collect();
+        format!(
+            "{} ({:.2} %): {}",
+            self.errors,
+            self.error_percent,
+            causes.join(", ")
+        )
+    }
+}
+
 fn timeline(samples: &[Sample], viewers_at: &[u32]) -> Vec<Second> {
     let last = samples.iter().map(|s| s.at_ms / 1000).max().unwrap_or(0);
     let seconds = (last as usize + 1).max(viewers_at.len());

@@ -37,6 +37,9 @@ pub enum Hook {
 }
 
 impl Hook {
+    /// Every hook, in discriminant order.
+    pub const ALL: [Hook; 3] = [Hook::Request, Hook::Response, Hook::Body];
+
     /// The label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -128,21 +131,6 @@ pub fn failure_error(status: u16) -> Box<Error> {
     )
 }
 
-/// What a fail-closed failure in the response hook turns the response into: the module's
-/// status with an empty body. It replaces the header in place rather than failing the request,
-/// because pingora answers a failed response filter on a cache hit with its own 500; the body
-/// that follows is dropped by the framing (`Content-Length: 0`).
-pub fn failure_response(status: u16) -> pingora::Result<ResponseHeader> {
-    let mut head = ResponseHeader::build(status, Some(2))?;
-    head.insert_header(header::CONTENT_LENGTH, 0)?;
-    head.insert_header(header::CACHE_CONTROL, "no-store")?;
-    Ok(head)
-}
-
-fn succeeded(bound: &Bound, hook: Hook) {
-    bound.count_ok(hook as usize);
-}
-
 /// Runs every request hook of `chain` in order on `record` (which mirrors `req`), applying each
 /// rewrite to both before the next module runs. `group_exists` checks an `upstream-group`
 /// rewrite; `max_body` caps a local response's body.
@@ -164,9 +152,9 @@ pub fn run_request_hooks(
             wit::RequestAction::Redirect(redirect) => redirect_response(redirect).map(Some),
         });
         match outcome {
-            Ok(None) => succeeded(bound, Hook::Request),
+            Ok(None) => bound.count_ok(Hook::Request),
             Ok(Some((head, body))) => {
-                succeeded(bound, Hook::Request);
+                bound.count_ok(Hook::Request);
                 return Verdict::Respond(head, body);
             }
             Err(e) => {
@@ -339,7 +327,7 @@ pub fn run_response_hooks(
             .on_response(record, &view)
             .and_then(|changes| apply_header_changes(changes, resp));
         match outcome {
-            Ok(()) => succeeded(bound, Hook::Response),
+            Ok(()) => bound.count_ok(Hook::Response),
             Err(e) => {
                 if let Some(status) = failed(bound, Hook::Response, &e, &record.path, metrics) {
                     return Err(status);
@@ -620,7 +608,7 @@ pub fn run_body_hooks(
                 });
         match outcome {
             Ok(new) => {
-                succeeded(bound, Hook::Body);
+                bound.count_ok(Hook::Body);
                 if new.is_some() {
                     current = new;
                 }

@@ -57,6 +57,18 @@ pub struct HostServices {
     pub metrics: Arc<Metrics>,
 }
 
+impl HostServices {
+    /// Services for a module run outside a proxy (`proxy module check`, the hook-cost example):
+    /// a private in-process key-value store, no upstream groups, a private metrics registry.
+    pub fn standalone() -> Result<Self, crate::metrics::MetricsError> {
+        Ok(Self {
+            kv: Arc::new(crate::kv::MemoryKv::new(1 << 20)),
+            upstreams: None,
+            metrics: Arc::new(Metrics::new()?),
+        })
+    }
+}
+
 /// The identity and config of one `[[wasm.modules]]` entry, shared by all its instances.
 pub struct ModuleContext {
     /// The entry's name (`module` label of logs and metrics).

@@ -34,6 +34,7 @@ use wasmtime::{
     UpdateDeadline,
 };
 
+use super::chain::Hook;
 use super::config::{BodyStage, FailurePolicy, ModuleConfig, WasmConfig};
 use super::host::{self, wit, CallClock, HostServices, HostState, ModuleContext};
 
@@ -220,12 +221,13 @@ impl Runtime {
 }
 
 /// What `proxy module check` runs: every check a load makes (component, imports, exports,
-/// first instance, self-test with `entry`'s config), offline and without a cache.
+/// first instance, self-test with `entry`'s config), offline and without a cache. Returns the
+/// module bound to `entry`, ready to call.
 pub fn check(
     bytes: Vec<u8>,
     entry: &ModuleConfig,
     services: HostServices,
-) -> Result<Arc<Code>, ModuleError> {
+) -> Result<Arc<Bound>, ModuleError> {
     let config = WasmConfig {
         cache_dir: Some(std::path::PathBuf::new()),
         ..WasmConfig::default()
@@ -234,8 +236,7 @@ pub fn check(
     let hash = content_hash(&bytes);
     let code = Arc::new(runtime.compile(bytes, hash)?);
     let spec = Arc::new(ModuleSpec::new(entry, &config));
-    Bound::prepare(spec, code.clone(), runtime, Arc::new(services))?;
-    Ok(code)
+    Bound::prepare(spec, code, runtime, Arc::new(services))
 }
 
 /// A module version's identity: the SHA-256 of its file, hex.
@@ -347,9 +348,7 @@ pub struct ModuleSpec {
     pub failure_status: u16,
     /// Where its body hook runs.
     pub body_stage: BodyStage,
-    /// Epoch ticks per call.
-    deadline_ticks: u64,
-    /// CPU time per call.
+    /// CPU time per call (`cpu_ms_per_call`).
     cpu_budget: Duration,
     memory_bytes: u64,
 }
@@ -363,8 +362,6 @@ impl ModuleSpec {
             failure: entry.failure,
             failure_status: entry.failure_status,
             body_stage: entry.body_stage,
-            // +1: the deadline is counted in whole ticks from a point inside the current one.
-            deadline_ticks: entry.cpu_ms_per_call.unwrap_or(config.cpu_ms_per_call) + 1,
             cpu_budget: Duration::from_millis(
                 entry.cpu_ms_per_call.unwrap_or(config.cpu_ms_per_call),
             ),
@@ -483,7 +480,7 @@ pub struct Bound {
     runtime: Arc<Runtime>,
     services: Arc<HostServices>,
     idle: Mutex<Vec<Instance>>,
-    /// `parallax_module_calls_total{outcome="ok"}` for the request, response and body hooks,
+    /// `parallax_module_calls_total{outcome="ok"}` per [`Hook`] (in `Hook::ALL` order),
     /// resolved once instead of a label lookup per call.
     ok_calls: [prometheus::IntCounter; 3],
 }
@@ -497,11 +494,11 @@ impl Bound {
         runtime: Arc<Runtime>,
         services: Arc<HostServices>,
     ) -> Result<Arc<Self>, ModuleError> {
-        let ok_calls = ["request", "response", "body"].map(|hook| {
+        let ok_calls = Hook::ALL.map(|hook| {
             services
                 .metrics
                 .module_calls
-                .with_label_values(&[spec.name(), hook, "ok"])
+                .with_label_values(&[spec.name(), hook.as_str(), "ok"])
         });
         let bound = Bound {
             spec,
@@ -530,11 +527,9 @@ impl Bound {
         Ok(Arc::new(bound))
     }
 
-    /// Counts a call of `hook` (0 request, 1 response, 2 body) that went well.
-    pub fn count_ok(&self, hook: usize) {
-        if let Some(counter) = self.ok_calls.get(hook) {
-            counter.inc();
-        }
+    /// Counts a call of `hook` that went well.
+    pub fn count_ok(&self, hook: Hook) {
+        self.ok_calls[hook as usize].inc();
     }
 
     /// Whether this version exports the request hook.
@@ -598,8 +593,12 @@ impl Bound {
 
     /// Arms the CPU deadline for a call about to start on `store`.
     fn start_call(&self, store: &mut Store<HostState>) {
-        store.data_mut().call = CallClock::start(self.spec.cpu_budget);
-        store.set_epoch_deadline(self.spec.deadline_ticks);
+        let budget = self.spec.cpu_budget;
+        store.data_mut().call = CallClock::start(budget);
+        // Epoch ticks are milliseconds; +1 because the deadline counts whole ticks from a point
+        // inside the current one.
+        let ms = u64::try_from(budget.as_millis()).unwrap_or(u64::MAX);
+        store.set_epoch_deadline(ms.saturating_add(1));
     }
 
     fn put_back(&self, instance: Instance) {
