@@ -25,9 +25,11 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
   && cargo build --release -q --locked --target wasm32-wasip2 --target-dir "$TARGET/wasm-guests" \
        -p token-auth -p region-steer -p playlist-rewrite)
 PROXY_BIN="${PROXY_BIN:-$TARGET/release/proxy}"  # set PROXY_BIN to skip the build (dry runs)
+# GUESTS_DIR: where the three .wasm files come from (with PROXY_BIN, to measure another build).
+GUESTS_DIR="${GUESTS_DIR:-$TARGET/wasm-guests/wasm32-wasip2/release}"
 mkdir -p "$WORK/modules"
 for m in token_auth region_steer playlist_rewrite; do
-  cp "$TARGET/wasm-guests/wasm32-wasip2/release/$m.wasm" "$WORK/modules/${m//_/-}.wasm"
+  cp "$GUESTS_DIR/$m.wasm" "$WORK/modules/${m//_/-}.wasm"
 done
 
 ORIGIN=$(free_port)

@@ -70,7 +70,7 @@ use crate::upstream::{FailureReason, Group, OriginId, RequestKind, Upstreams};
 use crate::wasm::chain::{
     self, failure_error as module_failure, BodyBuffer, BodyRewrite, BodyRewriteBuilder, Verdict,
 };
-use crate::wasm::host::wit;
+use crate::wasm::view::{RequestView, SharedRequest};
 use crate::wasm::{BodyStage, Chain, ModuleHost};
 
 /// The `Via` pseudonym we add to requests and responses (RFC 9110 §7.6.3).
@@ -118,11 +118,11 @@ pub struct RequestCtx {
 }
 
 /// A request's policy modules: the chain snapshot taken when it arrived (so it runs on one
-/// version of each module to the end), its WIT record as the request hooks left it, and the
-/// playlist bodies being collected for the body hooks.
+/// version of each module to the end), the request as the request hooks left it (what later
+/// hooks read), and the playlist bodies being collected for the body hooks.
 struct ModuleState {
     chain: Chain,
-    record: wit::Request,
+    view: SharedRequest,
     /// The origin's playlist, for before-cache body hooks (the after-cache stage runs as a
     /// downstream module).
     before_cache: BodyRewrite,
@@ -275,11 +275,15 @@ impl EdgeProxy {
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         let group = self.group(ctx).name().to_owned();
-        let mut record = chain::request_record(session.req_header(), client_ip, &group);
+        let mut view = Arc::new(RequestView::new(
+            session.req_header(),
+            client_ip,
+            group.clone(),
+        ));
         let upstreams = &self.shared.upstreams;
         let verdict = chain::run_request_hooks(
             &chain,
-            &mut record,
+            &mut view,
             session.req_header_mut(),
             |name| upstreams.group(name).is_some(),
             self.module_max_body,
@@ -287,11 +291,11 @@ impl EdgeProxy {
         );
         match verdict {
             Verdict::Continue => {
-                if record.upstream_group != group {
+                if view.upstream_group() != group {
                     if let Some(index) = upstreams
                         .groups()
                         .iter()
-                        .position(|g| g.name() == record.upstream_group)
+                        .position(|g| g.name() == view.upstream_group())
                     {
                         ctx.group = index;
                     }
@@ -301,20 +305,14 @@ impl EdgeProxy {
                 ctx.kind = RequestKind::from_path(session.req_header().uri.path());
                 ctx.modules = Some(Box::new(ModuleState {
                     chain,
-                    record,
+                    view,
                     before_cache: BodyRewrite::default(),
                 }));
                 Ok(false)
             }
             Verdict::Respond(mut head, body) => {
-                chain::run_response_hooks(
-                    &chain,
-                    &record,
-                    &mut head,
-                    "LOCAL",
-                    &self.shared.metrics,
-                )
-                .map_err(module_failure)?;
+                chain::run_response_hooks(&chain, &view, &mut head, "LOCAL", &self.shared.metrics)
+                    .map_err(module_failure)?;
                 head.insert_header(header::VIA, VIA)?;
                 respond_locally(session, head, body).await
             }
@@ -690,7 +688,7 @@ impl ProxyHttp for EdgeProxy {
                     BodyBuffer::new(BodyStage::BeforeCache, upstream, self.module_max_body);
                 m.before_cache.start(
                     m.chain.clone(),
-                    m.record.clone(),
+                    m.view.clone(),
                     buffer,
                     self.shared.metrics.clone(),
                 );
@@ -736,8 +734,7 @@ impl ProxyHttp for EdgeProxy {
         resp.insert_header(header::VIA, via)?;
         if let Some(m) = ctx.modules.as_deref_mut() {
             let metrics = &self.shared.metrics;
-            if let Err(status) =
-                chain::run_response_hooks(&m.chain, &m.record, resp, cache, metrics)
+            if let Err(status) = chain::run_response_hooks(&m.chain, &m.view, resp, cache, metrics)
             {
                 // A fail-closed failure replaces the header in place rather than failing the
                 // request: pingora answers a failed response filter on a cache hit with its own
@@ -754,7 +751,7 @@ impl ProxyHttp for EdgeProxy {
                 if let Some(body) = session.downstream_modules_ctx.get_mut::<BodyRewrite>() {
                     body.start(
                         m.chain.clone(),
-                        m.record.clone(),
+                        m.view.clone(),
                         buffer,
                         self.shared.metrics.clone(),
                     );

@@ -15,9 +15,9 @@ pub mod bindings {
         inline: r#"
             package parallax:playlist-rewrite;
             world playlist-rewrite {
-                include parallax:policy/host@0.1.0;
-                export parallax:policy/body-hook@0.1.0;
-                export parallax:policy/self-test@0.1.0;
+                include parallax:policy/host@0.2.0;
+                export parallax:policy/body-hook@0.2.0;
+                export parallax:policy/self-test@0.2.0;
             }
         "#,
         path: "../../wit",
@@ -37,19 +37,23 @@ fn config() -> &'static Result<Config, String> {
 }
 
 /// The viewer's token, query-safe: the raw query value as sent, else the cookie value encoded.
-pub fn viewer_token(config: &Config, req: &Request) -> Option<String> {
+/// `cookies` (the request's `cookie` headers) is read only when the query has no token.
+pub fn viewer_token(
+    config: &Config,
+    query: &str,
+    cookies: impl FnOnce() -> Vec<String>,
+) -> Option<String> {
     if let Some(value) = config
         .token_name
         .as_deref()
-        .and_then(|n| locate::query_param(&req.query, n))
+        .and_then(|n| locate::query_param(query, n))
     {
         return Some(value.to_owned()).filter(|v| !v.is_empty());
     }
     let name = config.token_cookie.as_deref()?;
-    req.headers
+    cookies()
         .iter()
-        .filter(|h| h.name == "cookie")
-        .find_map(|h| locate::cookie(&h.value, name))
+        .find_map(|h| locate::cookie(h, name))
         .filter(|v| !v.is_empty())
         .map(locate::percent_encode_query_value)
 }
@@ -59,7 +63,7 @@ pub fn viewer_token(config: &Config, req: &Request) -> Option<String> {
 struct PlaylistRewrite;
 
 impl body_hook::Guest for PlaylistRewrite {
-    fn rewrite_body(req: Request, _content_type: String, body: Vec<u8>) -> BodyAction {
+    fn rewrite_body(req: &Request, _content_type: String, body: Vec<u8>) -> BodyAction {
         let config = match config() {
             Ok(config) => config,
             Err(e) => {
@@ -68,18 +72,21 @@ impl body_hook::Guest for PlaylistRewrite {
                 return BodyAction::Unchanged;
             }
         };
-        let region_header = req
-            .headers
-            .iter()
-            .find(|h| h.name == config.region_header)
-            .map(|h| h.value.as_str());
+        // Each read is a host call: only the path, the region header, and the token's places.
+        let path = req.path();
+        let region_header = req.header(&config.region_header);
+        let query = if config.token_name.is_some() {
+            req.query()
+        } else {
+            String::new()
+        };
         let ctx = Context {
-            path: &req.path,
-            region: config.region(region_header),
-            token: viewer_token(config, &req),
+            path: &path,
+            region: config.region(region_header.as_deref()),
+            token: viewer_token(config, &query, || req.header_values("cookie")),
         };
         let mut from_kv = |region: &str| {
-            kv::get(&rewrite::kv_key(region, &req.path)).map_err(|e| match e {
+            kv::get(&rewrite::kv_key(region, &path)).map_err(|e| match e {
                 kv::KvError::Unavailable(why) => why,
                 kv::KvError::TooLarge => "key too large".into(),
             })
@@ -92,10 +99,7 @@ impl body_hook::Guest for PlaylistRewrite {
             Ok(None) => BodyAction::Unchanged,
             Err(e) => {
                 counters::add(e.as_str(), 1);
-                log::log(
-                    log::Level::Warn,
-                    &format!("{} left unchanged: {e}", req.path),
-                );
+                log::log(log::Level::Warn, &format!("{path} left unchanged: {e}"));
                 BodyAction::Unchanged
             }
         }
@@ -115,24 +119,9 @@ bindings::export!(PlaylistRewrite with_types_in bindings);
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bindings::parallax::policy::types::Header;
 
-    fn request(query: &str, cookie: Option<&str>) -> Request {
-        Request {
-            method: "GET".into(),
-            host: "cdn".into(),
-            path: "/live/a/index.m3u8".into(),
-            query: query.into(),
-            headers: cookie
-                .map(|c| Header {
-                    name: "cookie".into(),
-                    value: c.into(),
-                })
-                .into_iter()
-                .collect(),
-            client_ip: "192.0.2.1".into(),
-            upstream_group: "default".into(),
-        }
+    fn token(c: &Config, query: &str, cookie: Option<&str>) -> Option<String> {
+        viewer_token(c, query, || cookie.map(str::to_owned).into_iter().collect())
     }
 
     #[test]
@@ -140,14 +129,14 @@ mod tests {
         let entries = vec![("token-name".to_string(), "__token__".to_string())];
         let c = Config::from_entries(&entries).unwrap();
         assert_eq!(
-            viewer_token(&c, &request("a=1&__token__=exp%3D1~x", None)).as_deref(),
+            token(&c, "a=1&__token__=exp%3D1~x", None).as_deref(),
             Some("exp%3D1~x")
         );
         assert_eq!(
-            viewer_token(&c, &request("", Some("__token__=exp=1~acl=/a b"))).as_deref(),
+            token(&c, "", Some("__token__=exp=1~acl=/a b")).as_deref(),
             Some("exp=1~acl=/a%20b")
         );
-        assert_eq!(viewer_token(&c, &request("__token__=", None)), None);
-        assert_eq!(viewer_token(&c, &request("", None)), None);
+        assert_eq!(token(&c, "__token__=", None), None);
+        assert_eq!(token(&c, "", None), None);
     }
 }

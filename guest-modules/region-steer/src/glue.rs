@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::steer::{self, Env, Memory};
 
 /// The bindings wit-bindgen generates for this module's world.
@@ -12,10 +12,10 @@ pub mod bindings {
         inline: r#"
             package parallax:region-steer;
             world region-steer {
-                include parallax:policy/host@0.1.0;
-                export parallax:policy/request-hook@0.1.0;
-                export parallax:policy/response-hook@0.1.0;
-                export parallax:policy/self-test@0.1.0;
+                include parallax:policy/host@0.2.0;
+                export parallax:policy/request-hook@0.2.0;
+                export parallax:policy/response-hook@0.2.0;
+                export parallax:policy/self-test@0.2.0;
             }
         "#,
         path: "../../wit",
@@ -27,7 +27,7 @@ pub mod bindings {
 }
 
 use bindings::exports::parallax::policy::{request_hook, response_hook, self_test};
-use bindings::parallax::policy::types::{HeaderChanges, Request, RequestAction, Response};
+use bindings::parallax::policy::types::{Header, HeaderChanges, Request, RequestAction, Response};
 use bindings::parallax::policy::{config, counters, kv, log, upstreams};
 
 /// The config is fixed for a loaded module version, so one parse per instance is enough.
@@ -59,17 +59,48 @@ impl Env for HostEnv {
     }
 }
 
+/// Copies out of the host's request what [`steer`] reads: each method is a host call, so only
+/// what the config makes relevant.
+fn read_request(config: &Config, req: &Request) -> steer::Request {
+    let mut headers = Vec::new();
+    for name in [&config.viewer_header, &config.region_header] {
+        if let Some(value) = req.header(name) {
+            headers.push(Header {
+                name: name.clone(),
+                value,
+            });
+        }
+    }
+    if config.sticky_cookie.is_some() {
+        headers.extend(req.header_values("cookie").into_iter().map(|value| Header {
+            name: "cookie".into(),
+            value,
+        }));
+    }
+    // Host, path and query only go into a redirect's location.
+    let redirects = config.mode == Mode::Redirect;
+    let read = |get: fn(&Request) -> String| if redirects { get(req) } else { String::new() };
+    steer::Request {
+        host: read(Request::host),
+        path: read(Request::path),
+        query: read(Request::query),
+        upstream_group: req.upstream_group(),
+        headers,
+    }
+}
+
 // Natively (unit tests) nothing exports it; the impls still compile so type errors show up.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct RegionSteer;
 
 impl request_hook::Guest for RegionSteer {
-    fn on_request(req: Request) -> RequestAction {
+    fn on_request(req: &Request) -> RequestAction {
         let Ok(config) = config() else {
             // Steering is an optimisation: with a broken config the request goes on unchanged.
             counters::add("misconfigured", 1);
             return RequestAction::Continue;
         };
+        let req = read_request(config, req);
         let decision =
             MEMORY.with(|m| steer::decide(config, &req, &mut HostEnv, &mut m.borrow_mut()));
         if decision.kv_unavailable {
@@ -89,10 +120,16 @@ impl request_hook::Guest for RegionSteer {
 }
 
 impl response_hook::Guest for RegionSteer {
-    fn on_response(req: Request, resp: Response) -> HeaderChanges {
+    fn on_response(req: &Request, resp: &Response) -> HeaderChanges {
         match config() {
-            Ok(config) => steer::on_response(config, &req, &resp),
-            Err(_) => HeaderChanges {
+            // Only the sticky cookie needs anything from the request or the response.
+            Ok(config) if config.sticky_cookie.is_some() => {
+                let resp = steer::Response {
+                    status: resp.status(),
+                };
+                steer::on_response(config, &read_request(config, req), &resp)
+            }
+            _ => HeaderChanges {
                 remove: Vec::new(),
                 set: Vec::new(),
                 append: Vec::new(),

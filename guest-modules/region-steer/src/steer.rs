@@ -4,8 +4,32 @@ use std::collections::BTreeMap;
 
 use crate::config::{Config, Mode};
 use crate::glue::bindings::parallax::policy::types::{
-    Header, HeaderChanges, Redirect, Request, RequestAction, Response, Rewrite,
+    Header, HeaderChanges, Redirect, RequestAction, Rewrite,
 };
+
+/// What this module reads of a request: the glue copies these out of the host's `request`
+/// (host, path and query only in redirect mode; of the headers only the viewer header, the
+/// region header and `cookie`, see `glue::read_request`).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The `Host` header.
+    pub host: String,
+    /// The path, no query.
+    pub path: String,
+    /// The raw query without `?`.
+    pub query: String,
+    /// The upstream group the route chose.
+    pub upstream_group: String,
+    /// The headers this module reads, as present.
+    pub headers: Vec<Header>,
+}
+
+/// What this module reads of a response.
+#[derive(Debug, Clone, Copy)]
+pub struct Response {
+    /// The HTTP status.
+    pub status: u16,
+}
 
 /// The kv key holding a region's state (`open` or `closed`; unset means open). The admin API's
 /// `POST /regions/<name>/close|open` writes it.
@@ -251,7 +275,6 @@ mod tests {
 
     fn request(host: &str, headers: &[(&str, &str)]) -> Request {
         Request {
-            method: "GET".into(),
             host: host.into(),
             path: "/live/a/index.m3u8".into(),
             query: "x=1".into(),
@@ -262,7 +285,6 @@ mod tests {
                     value: v.to_string(),
                 })
                 .collect(),
-            client_ip: "192.0.2.1".into(),
             upstream_group: "origin-eu".into(),
         }
     }
@@ -477,11 +499,7 @@ mod tests {
     #[test]
     fn a_successful_response_sets_the_sticky_cookie_when_it_changes() {
         let c = config(&[]);
-        let resp = |status| Response {
-            status,
-            headers: Vec::new(),
-            cache_status: "HIT".into(),
-        };
+        let resp = |status| Response { status };
         let req = request("cdn", &[("x-parallax-region", "us")]);
         let changes = on_response(&c, &req, &resp(200));
         assert_eq!(

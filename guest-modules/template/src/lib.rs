@@ -16,12 +16,12 @@ mod bindings {
         inline: r#"
             package my:module;
             world module-template {
-                include parallax:policy/host@0.1.0;
-                export parallax:policy/request-hook@0.1.0;
-                export parallax:policy/response-hook@0.1.0;
+                include parallax:policy/host@0.2.0;
+                export parallax:policy/request-hook@0.2.0;
+                export parallax:policy/response-hook@0.2.0;
             }
         "#,
-        // The repository's wit/ directory (parallax:policy@0.1.0).
+        // The repository's wit/ directory (parallax:policy@0.2.0).
         path: "../../wit",
         generate_all,
     });
@@ -66,8 +66,9 @@ pub fn tag(greeting: Option<String>) -> HeaderChanges {
 struct Module;
 
 impl request_hook::Guest for Module {
-    fn on_request(req: Request) -> RequestAction {
-        let action = decide(&req.path, config::get("deny-prefix").as_deref());
+    fn on_request(req: &Request) -> RequestAction {
+        // The request is the host's: each method call copies one value in. Read what you need.
+        let action = decide(&req.path(), config::get("deny-prefix").as_deref());
         if matches!(action, RequestAction::Respond(_)) {
             // Shows up as parallax_module_counter_total{module="...",name="denied"}.
             counters::add("denied", 1);
@@ -77,12 +78,12 @@ impl request_hook::Guest for Module {
 }
 
 impl response_hook::Guest for Module {
-    fn on_response(_req: Request, _resp: Response) -> HeaderChanges {
+    fn on_response(_req: &Request, _resp: &Response) -> HeaderChanges {
         tag(config::get("greeting"))
     }
 }
 
-// Export names such as `parallax:policy/request-hook@0.1.0#on-request` exist only in the
+// Export names such as `parallax:policy/request-hook@0.2.0#on-request` exist only in the
 // component; a native build (unit tests) leaves them out.
 #[cfg(target_arch = "wasm32")]
 bindings::export!(Module with_types_in bindings);

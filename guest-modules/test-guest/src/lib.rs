@@ -21,11 +21,11 @@ mod bindings {
         inline: r#"
             package parallax:test-guest;
             world test-guest {
-                include parallax:policy/host@0.1.0;
-                export parallax:policy/request-hook@0.1.0;
-                export parallax:policy/response-hook@0.1.0;
-                export parallax:policy/body-hook@0.1.0;
-                export parallax:policy/self-test@0.1.0;
+                include parallax:policy/host@0.2.0;
+                export parallax:policy/request-hook@0.2.0;
+                export parallax:policy/response-hook@0.2.0;
+                export parallax:policy/body-hook@0.2.0;
+                export parallax:policy/self-test@0.2.0;
             }
         "#,
         path: "../../wit",
@@ -66,7 +66,7 @@ fn hog() -> ! {
 struct TestGuest;
 
 impl request_hook::Guest for TestGuest {
-    fn on_request(_req: Request) -> RequestAction {
+    fn on_request(_req: &Request) -> RequestAction {
         match behave().as_str() {
             "loop" => spin(),
             "alloc" => hog(),
@@ -101,7 +101,7 @@ impl request_hook::Guest for TestGuest {
 }
 
 impl response_hook::Guest for TestGuest {
-    fn on_response(_req: Request, _resp: Response) -> HeaderChanges {
+    fn on_response(_req: &Request, _resp: &Response) -> HeaderChanges {
         HeaderChanges {
             remove: Vec::new(),
             set: vec![Header {
@@ -114,7 +114,7 @@ impl response_hook::Guest for TestGuest {
 }
 
 impl body_hook::Guest for TestGuest {
-    fn rewrite_body(_req: Request, _content_type: String, body: Vec<u8>) -> BodyAction {
+    fn rewrite_body(_req: &Request, _content_type: String, body: Vec<u8>) -> BodyAction {
         match behave().as_str() {
             "loop" => spin(),
             "alloc" => hog(),

@@ -12,10 +12,10 @@ pub mod bindings {
         inline: r#"
             package parallax:token-auth;
             world token-auth {
-                include parallax:policy/host@0.1.0;
-                export parallax:policy/request-hook@0.1.0;
-                export parallax:policy/response-hook@0.1.0;
-                export parallax:policy/self-test@0.1.0;
+                include parallax:policy/host@0.2.0;
+                export parallax:policy/request-hook@0.2.0;
+                export parallax:policy/response-hook@0.2.0;
+                export parallax:policy/self-test@0.2.0;
             }
         "#,
         path: "../../wit",
@@ -25,7 +25,7 @@ pub mod bindings {
 }
 
 use bindings::exports::parallax::policy::{request_hook, response_hook, self_test};
-use bindings::parallax::policy::types::{HeaderChanges, Request, RequestAction, Response};
+use bindings::parallax::policy::types::{Header, HeaderChanges, Request, RequestAction, Response};
 use bindings::parallax::policy::{clock, config, counters, log};
 
 /// The config is fixed for a loaded module version (a change loads a new version, and with it
@@ -35,15 +35,40 @@ fn config() -> &'static Result<Config, String> {
     CONFIG.get_or_init(|| Config::from_entries(&config::entries()))
 }
 
+/// Copies out of the host's request what [`auth`] reads: each method is a host call, so only
+/// the path, the query, the token header and the cookies.
+fn read_request(config: &Config, req: &Request) -> auth::Request {
+    let mut headers = Vec::new();
+    if let Some(name) = &config.header_name {
+        if let Some(value) = req.header(name) {
+            headers.push(Header {
+                name: name.clone(),
+                value,
+            });
+        }
+    }
+    if config.cookie_name.is_some() {
+        headers.extend(req.header_values("cookie").into_iter().map(|value| Header {
+            name: "cookie".into(),
+            value,
+        }));
+    }
+    auth::Request {
+        path: req.path(),
+        query: req.query(),
+        headers,
+    }
+}
+
 // Natively (unit tests) nothing exports it; the impls still compile so type errors show up.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct TokenAuth;
 
 impl request_hook::Guest for TokenAuth {
-    fn on_request(req: Request) -> RequestAction {
+    fn on_request(req: &Request) -> RequestAction {
         let now_secs = clock::now_ms() / 1000;
         let (action, verdict) = match config() {
-            Ok(config) => auth::on_request(config, &req, now_secs),
+            Ok(config) => auth::on_request(config, &read_request(config, req), now_secs),
             Err(e) => (auth::misconfigured(), Err(("misconfigured", e.clone()))),
         };
         match verdict {
@@ -51,7 +76,7 @@ impl request_hook::Guest for TokenAuth {
             // Counter names stay the fixed set of reason codes (the host caps a module at 64).
             Err((code, why)) => {
                 counters::add(&format!("denied-{code}"), 1);
-                log::log(log::Level::Info, &format!("403 for {}: {why}", req.path));
+                log::log(log::Level::Info, &format!("403 for {}: {why}", req.path()));
             }
         }
         action
@@ -59,10 +84,17 @@ impl request_hook::Guest for TokenAuth {
 }
 
 impl response_hook::Guest for TokenAuth {
-    fn on_response(req: Request, resp: Response) -> HeaderChanges {
+    fn on_response(req: &Request, resp: &Response) -> HeaderChanges {
         match config() {
-            Ok(config) => auth::on_response(config, &req, &resp, clock::now_ms() / 1000),
-            Err(_) => HeaderChanges {
+            // Only a session cookie needs anything from the request or the response.
+            Ok(config) if config.session_cookie => {
+                let resp = auth::Response {
+                    status: resp.status(),
+                };
+                let req = read_request(config, req);
+                auth::on_response(config, &req, &resp, clock::now_ms() / 1000)
+            }
+            _ => HeaderChanges {
                 remove: Vec::new(),
                 set: Vec::new(),
                 append: Vec::new(),
@@ -78,7 +110,7 @@ impl self_test::Guest for TokenAuth {
     }
 }
 
-// Only in the component: export names such as `parallax:policy/request-hook@0.1.0#on-request`
+// Only in the component: export names such as `parallax:policy/request-hook@0.2.0#on-request`
 // are not valid symbols for a native shared library.
 #[cfg(target_arch = "wasm32")]
 bindings::export!(TokenAuth with_types_in bindings);

@@ -1,5 +1,5 @@
 //! Running a chain of modules on one request: the conversions between pingora's headers and
-//! the WIT records, what each hook's answer does, and the one place a failed call is logged,
+//! the WIT values, what each hook's answer does, and the one place a failed call is logged,
 //! counted and turned into the module's failure policy ([`failed`]).
 //!
 //! The request path ([`crate::service`]) calls, per request that matches a chain:
@@ -23,6 +23,7 @@ use super::config::{BodyStage, FailurePolicy};
 use super::host::wit;
 use super::registry::Chain;
 use super::runtime::{Bound, CallError};
+use super::view::{ResponseView, SharedRequest};
 use crate::metrics::Metrics;
 
 /// Which hook a call was, for logs and the `hook` metric label.
@@ -53,44 +54,13 @@ impl Hook {
 /// What the request hooks decided.
 #[derive(Debug)]
 pub enum Verdict {
-    /// Go on to the cache (the request header may have been rewritten; the record's
+    /// Go on to the cache (the request header may have been rewritten; the view's
     /// `upstream-group` names the group to use).
     Continue,
     /// Answer with this response; the cache and origin are not consulted.
     Respond(Box<ResponseHeader>, Bytes),
     /// A fail-closed module failed: answer with this status.
     Fail(u16),
-}
-
-/// The WIT record of `req`. Header values that are not UTF-8 are left out (WIT `header`).
-pub fn request_record(req: &RequestHeader, client_ip: String, group: &str) -> wit::Request {
-    wit::Request {
-        method: req.method.as_str().to_owned(),
-        host: req
-            .headers
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .or_else(|| req.uri.authority().map(|a| a.as_str()))
-            .unwrap_or_default()
-            .to_owned(),
-        path: req.uri.path().to_owned(),
-        query: req.uri.query().unwrap_or_default().to_owned(),
-        headers: header_records(&req.headers),
-        client_ip,
-        upstream_group: group.to_owned(),
-    }
-}
-
-fn header_records(headers: &http::HeaderMap) -> Vec<wit::Header> {
-    headers
-        .iter()
-        .filter_map(|(name, value)| {
-            Some(wit::Header {
-                name: name.as_str().to_owned(),
-                value: value.to_str().ok()?.to_owned(),
-            })
-        })
-        .collect()
 }
 
 /// The one place a failed hook call is handled: a log line naming the module, hook, request
@@ -131,22 +101,22 @@ pub fn failure_error(status: u16) -> Box<Error> {
     )
 }
 
-/// Runs every request hook of `chain` in order on `record` (which mirrors `req`), applying each
+/// Runs every request hook of `chain` in order on `view` (which mirrors `req`), applying each
 /// rewrite to both before the next module runs. `group_exists` checks an `upstream-group`
 /// rewrite; `max_body` caps a local response's body.
 pub fn run_request_hooks(
     chain: &Chain,
-    record: &mut wit::Request,
+    view: &mut SharedRequest,
     req: &mut RequestHeader,
     group_exists: impl Fn(&str) -> bool,
     max_body: usize,
     metrics: &Metrics,
 ) -> Verdict {
     for bound in chain.iter().filter(|b| b.has_request_hook()) {
-        let outcome = bound.on_request(record).and_then(|action| match action {
+        let outcome = bound.on_request(view).and_then(|action| match action {
             wit::RequestAction::Continue => Ok(None),
             wit::RequestAction::Rewrite(rewrite) => {
-                apply_rewrite(rewrite, record, req, &group_exists).map(|()| None)
+                apply_rewrite(rewrite, view, req, &group_exists).map(|()| None)
             }
             wit::RequestAction::Respond(local) => local_response(local, max_body).map(Some),
             wit::RequestAction::Redirect(redirect) => redirect_response(redirect).map(Some),
@@ -158,7 +128,7 @@ pub fn run_request_hooks(
                 return Verdict::Respond(head, body);
             }
             Err(e) => {
-                if let Some(status) = failed(bound, Hook::Request, &e, &record.path, metrics) {
+                if let Some(status) = failed(bound, Hook::Request, &e, view.path(), metrics) {
                     return Verdict::Fail(status);
                 }
             }
@@ -180,15 +150,16 @@ fn header_value(name: &str, value: &str) -> Result<HeaderValue, CallError> {
     HeaderValue::from_str(value).map_err(|_| bad(format!("invalid value for header {name:?}")))
 }
 
-/// Checks all of `rewrite` first, then applies it, so a bad field changes nothing.
+/// Checks all of `rewrite` first, then applies it to `req` and rebuilds `view` from the result,
+/// so a bad field changes nothing.
 fn apply_rewrite(
     rewrite: wit::Rewrite,
-    record: &mut wit::Request,
+    view: &mut SharedRequest,
     req: &mut RequestHeader,
     group_exists: impl Fn(&str) -> bool,
 ) -> Result<(), CallError> {
-    let path = rewrite.path.as_deref().unwrap_or(&record.path);
-    let query = rewrite.query.as_deref().unwrap_or(&record.query);
+    let path = rewrite.path.as_deref().unwrap_or(view.path());
+    let query = rewrite.query.as_deref().unwrap_or(view.query());
     let uri = if rewrite.path.is_some() || rewrite.query.is_some() {
         if !path.starts_with('/') {
             return Err(bad(format!(
@@ -227,8 +198,6 @@ fn apply_rewrite(
     }
 
     if let Some(uri) = uri {
-        record.path = uri.path().to_owned();
-        record.query = uri.query().unwrap_or_default().to_owned();
         req.set_uri(uri);
     }
     for name in remove {
@@ -238,12 +207,7 @@ fn apply_rewrite(
         // Cannot fail: the name and value were checked above.
         let _ = req.insert_header(name, value);
     }
-    if !rewrite.remove_headers.is_empty() || !rewrite.set_headers.is_empty() {
-        record.headers = header_records(&req.headers);
-    }
-    if let Some(group) = rewrite.upstream_group {
-        record.upstream_group = group;
-    }
+    *view = Arc::new(view.rewritten(req, rewrite.upstream_group));
     Ok(())
 }
 
@@ -312,24 +276,28 @@ fn finish_local(head: &mut ResponseHeader, body_len: usize) -> Result<(), CallEr
 /// fail-closed module failed.
 pub fn run_response_hooks(
     chain: &Chain,
-    record: &wit::Request,
+    req: &SharedRequest,
     resp: &mut ResponseHeader,
-    cache_status: &str,
+    cache_status: &'static str,
     metrics: &Metrics,
 ) -> Result<(), u16> {
+    // One view serves every module until one of them changes the headers.
+    let mut view = None;
     for bound in chain.iter().rev().filter(|b| b.has_response_hook()) {
-        let view = wit::Response {
-            status: resp.status.as_u16(),
-            headers: header_records(&resp.headers),
-            cache_status: cache_status.to_owned(),
-        };
-        let outcome = bound
-            .on_response(record, &view)
-            .and_then(|changes| apply_header_changes(changes, resp));
+        if view.is_none() {
+            view = Some(ResponseView::new(resp, cache_status));
+        }
+        let outcome = bound.on_response(req, &mut view).and_then(|changes| {
+            if changes.remove.is_empty() && changes.set.is_empty() && changes.append.is_empty() {
+                return Ok(());
+            }
+            view = None;
+            apply_header_changes(changes, resp)
+        });
         match outcome {
             Ok(()) => bound.count_ok(Hook::Response),
             Err(e) => {
-                if let Some(status) = failed(bound, Hook::Response, &e, &record.path, metrics) {
+                if let Some(status) = failed(bound, Hook::Response, &e, req.path(), metrics) {
                     return Err(status);
                 }
             }
@@ -446,7 +414,7 @@ impl BodyBuffer {
     pub fn feed(
         &mut self,
         chain: &Chain,
-        record: &wit::Request,
+        req: &SharedRequest,
         body: &mut Option<Bytes>,
         end: bool,
         metrics: &Metrics,
@@ -456,7 +424,7 @@ impl BodyBuffer {
         }
         if self.data.len() > self.max {
             tracing::warn!(
-                path = record.path,
+                path = req.path(),
                 bytes = self.data.len(),
                 max = self.max,
                 "playlist over wasm.max_body_bytes: body hooks skipped"
@@ -471,7 +439,7 @@ impl BodyBuffer {
         let rewritten = run_body_hooks(
             chain,
             self.stage,
-            record,
+            req,
             &self.content_type,
             &original,
             self.max,
@@ -501,7 +469,7 @@ pub struct BodyRewrite {
 
 struct BodyJob {
     chain: Chain,
-    record: wit::Request,
+    req: SharedRequest,
     buffer: BodyBuffer,
     metrics: Arc<Metrics>,
 }
@@ -511,13 +479,13 @@ impl BodyRewrite {
     pub fn start(
         &mut self,
         chain: Chain,
-        record: wit::Request,
+        req: SharedRequest,
         buffer: BodyBuffer,
         metrics: Arc<Metrics>,
     ) {
         self.job = Some(BodyJob {
             chain,
-            record,
+            req,
             buffer,
             metrics,
         });
@@ -531,7 +499,7 @@ impl BodyRewrite {
         };
         match job
             .buffer
-            .feed(&job.chain, &job.record, body, end, &job.metrics)
+            .feed(&job.chain, &job.req, body, end, &job.metrics)
         {
             Ok(true) => Ok(()),
             Ok(false) => {
@@ -586,7 +554,7 @@ impl HttpModuleBuilder for BodyRewriteBuilder {
 pub fn run_body_hooks(
     chain: &Chain,
     stage: BodyStage,
-    record: &wit::Request,
+    req: &SharedRequest,
     content_type: &str,
     body: &[u8],
     max: usize,
@@ -597,7 +565,7 @@ pub fn run_body_hooks(
         let input = current.as_deref().unwrap_or(body);
         let outcome =
             bound
-                .rewrite_body(record, content_type, input)
+                .rewrite_body(req, content_type, input)
                 .and_then(|action| match action {
                     wit::BodyAction::Unchanged => Ok(None),
                     wit::BodyAction::Replace(new) if new.len() > max => Err(bad(format!(
@@ -614,7 +582,7 @@ pub fn run_body_hooks(
                 }
             }
             Err(e) => {
-                if let Some(status) = failed(bound, Hook::Body, &e, &record.path, metrics) {
+                if let Some(status) = failed(bound, Hook::Body, &e, req.path(), metrics) {
                     return Err(status);
                 }
             }
@@ -625,14 +593,15 @@ pub fn run_body_hooks(
 
 #[cfg(test)]
 mod tests {
+    use super::super::view::RequestView;
     use super::*;
 
-    fn request() -> (wit::Request, RequestHeader) {
+    fn request() -> (SharedRequest, RequestHeader) {
         let mut req = RequestHeader::build("GET", b"/live/a/index.m3u8?x=1", None).unwrap();
         req.insert_header("host", "cdn.example").unwrap();
         req.insert_header("x-keep", "1").unwrap();
-        let record = request_record(&req, "192.0.2.1".into(), "live");
-        (record, req)
+        let view = RequestView::new(&req, "192.0.2.1".into(), "live".into());
+        (Arc::new(view), req)
     }
 
     fn rewrite() -> wit::Rewrite {
@@ -646,23 +615,8 @@ mod tests {
     }
 
     #[test]
-    fn the_request_record_mirrors_the_request() {
-        let (record, _) = request();
-        assert_eq!(record.method, "GET");
-        assert_eq!(record.host, "cdn.example");
-        assert_eq!(record.path, "/live/a/index.m3u8");
-        assert_eq!(record.query, "x=1");
-        assert_eq!(record.client_ip, "192.0.2.1");
-        assert_eq!(record.upstream_group, "live");
-        assert!(record
-            .headers
-            .iter()
-            .any(|h| h.name == "x-keep" && h.value == "1"));
-    }
-
-    #[test]
-    fn a_rewrite_changes_the_request_and_the_record_together() {
-        let (mut record, mut req) = request();
+    fn a_rewrite_changes_the_request_and_the_view_together() {
+        let (mut view, mut req) = request();
         let change = wit::Rewrite {
             path: Some("/live/b/index.m3u8".into()),
             query: Some(String::new()),
@@ -673,15 +627,15 @@ mod tests {
             remove_headers: vec!["x-keep".into()],
             upstream_group: Some("eu".into()),
         };
-        apply_rewrite(change, &mut record, &mut req, |g| g == "eu").unwrap();
+        apply_rewrite(change, &mut view, &mut req, |g| g == "eu").unwrap();
         assert_eq!(req.uri.to_string(), "/live/b/index.m3u8");
-        assert_eq!(record.path, "/live/b/index.m3u8");
-        assert_eq!(record.query, "");
+        assert_eq!(view.path(), "/live/b/index.m3u8");
+        assert_eq!(view.query(), "");
         assert_eq!(req.headers.get("x-region").unwrap(), "eu");
         assert!(req.headers.get("x-keep").is_none());
-        assert!(record.headers.iter().any(|h| h.name == "x-region"));
-        assert!(!record.headers.iter().any(|h| h.name == "x-keep"));
-        assert_eq!(record.upstream_group, "eu");
+        assert_eq!(view.headers().get("x-region").unwrap(), "eu");
+        assert!(view.headers().get("x-keep").is_none());
+        assert_eq!(view.upstream_group(), "eu");
     }
 
     #[test]
@@ -715,11 +669,11 @@ mod tests {
                 ..rewrite()
             },
         ] {
-            let (mut record, mut req) = request();
-            let err = apply_rewrite(change, &mut record, &mut req, |_| false).unwrap_err();
+            let (mut view, mut req) = request();
+            let err = apply_rewrite(change, &mut view, &mut req, |_| false).unwrap_err();
             assert_eq!(err.as_str(), "bad_return");
             assert_eq!(req.uri.path(), "/live/a/index.m3u8");
-            assert_eq!(record.path, "/live/a/index.m3u8");
+            assert_eq!(view.path(), "/live/a/index.m3u8");
         }
     }
 

@@ -25,6 +25,10 @@ mod generated {
     wasmtime::component::bindgen!({
         world: "policy",
         path: "../wit",
+        with: {
+            "parallax:policy/types.request": crate::wasm::view::SharedRequest,
+            "parallax:policy/types.response": crate::wasm::view::ResponseView,
+        },
     });
 }
 
@@ -34,8 +38,8 @@ pub mod wit {
         body_hook, request_hook, response_hook, self_test,
     };
     pub use super::generated::parallax::policy::types::{
-        BodyAction, Header, HeaderChanges, LocalResponse, Redirect, Request, RequestAction,
-        Response, Rewrite,
+        BodyAction, Header, HeaderChanges, HostRequest, HostResponse, LocalResponse, Redirect,
+        RequestAction, Rewrite,
     };
 }
 
@@ -99,7 +103,8 @@ pub struct HostState {
     /// WASI 0.2 with nothing granted: no preopened directories, no environment or arguments,
     /// no sockets, closed stdio. Rust-std guests import these interfaces even when unused.
     wasi: WasiCtx,
-    table: ResourceTable,
+    /// WASI's resources and the request and response lent to the call in progress.
+    pub(crate) table: ResourceTable,
     /// When the current call started, for its CPU deadline.
     pub(crate) call: CallClock,
 }

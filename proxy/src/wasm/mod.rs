@@ -1,5 +1,5 @@
 //! Policy modules: WebAssembly components implementing `wit/policy.wit`
-//! (`parallax:policy@0.1.0`), run by wasmtime on the request path, swapped without a restart.
+//! (`parallax:policy@0.2.0`), run by wasmtime on the request path, swapped without a restart.
 //!
 //! # How a module runs
 //!
@@ -29,12 +29,14 @@
 //! - [`runtime`]: engine, compiling and checking a version, instances and calls with limits.
 //! - [`registry`]: versions per file, the active chains, hot-load, upload, rollback.
 //! - [`chain`]: running a chain on a request, header conversions, the failure policy.
+//! - [`view`]: the request and response a hook reads through the WIT resources.
 
 pub mod chain;
 pub mod config;
 pub mod host;
 pub mod registry;
 pub mod runtime;
+pub mod view;
 
 pub use config::{BodyStage, ChainConfig, FailurePolicy, ModuleConfig, WasmConfig};
 pub use registry::{Chain, ModuleHost};

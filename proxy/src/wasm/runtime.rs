@@ -37,15 +37,18 @@ use wasmtime::{
 use super::chain::Hook;
 use super::config::{BodyStage, FailurePolicy, ModuleConfig, WasmConfig};
 use super::host::{self, wit, CallClock, HostServices, HostState, ModuleContext};
+use super::view::{Lent, ResponseView, SharedRequest};
 
 /// The hook interfaces a module may export, by their WIT names.
-pub const REQUEST_HOOK: &str = "parallax:policy/request-hook@0.1.0";
+pub const REQUEST_HOOK: &str = "parallax:policy/request-hook@0.2.0";
 /// See [`REQUEST_HOOK`].
-pub const RESPONSE_HOOK: &str = "parallax:policy/response-hook@0.1.0";
+pub const RESPONSE_HOOK: &str = "parallax:policy/response-hook@0.2.0";
 /// See [`REQUEST_HOOK`].
-pub const BODY_HOOK: &str = "parallax:policy/body-hook@0.1.0";
+pub const BODY_HOOK: &str = "parallax:policy/body-hook@0.2.0";
 /// See [`REQUEST_HOOK`].
-pub const SELF_TEST: &str = "parallax:policy/self-test@0.1.0";
+pub const SELF_TEST: &str = "parallax:policy/self-test@0.2.0";
+/// The WIT package these names belong to.
+pub const PACKAGE: &str = "parallax:policy@0.2.0";
 
 /// Upper bound on module instances alive at once in the process (the pooling allocator reserves
 /// slots for them up front). Each worker thread holds at most one instance per bound module at
@@ -85,7 +88,7 @@ pub enum ModuleError {
     /// interface, another version of ours).
     #[error("imports something this proxy does not provide: {0}")]
     Imports(String),
-    /// Its exports do not match `parallax:policy@0.1.0`.
+    /// Its exports do not match `parallax:policy@0.2.0`.
     #[error("exports: {0}")]
     Exports(String),
     /// Instantiating it failed (start function trapped, memory over the cap, ...).
@@ -200,6 +203,7 @@ impl Runtime {
         }
         let component = Component::new(&self.engine, &bytes)
             .map_err(|e| ModuleError::Compile(format!("{e:#}")))?;
+        check_package_version(&component, &self.engine)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -237,6 +241,30 @@ pub fn check(
     let code = Arc::new(runtime.compile(bytes, hash)?);
     let spec = Arc::new(ModuleSpec::new(entry, &config));
     Bound::prepare(spec, code, runtime, Arc::new(services))
+}
+
+/// Refuses a module built against another version of `parallax:policy` with a message naming
+/// both versions, instead of the linker's "unknown import" for the first interface it meets.
+fn check_package_version(component: &Component, engine: &Engine) -> Result<(), ModuleError> {
+    let ty = component.component_type();
+    let names = ty
+        .imports(engine)
+        .map(|(name, _)| name)
+        .chain(ty.exports(engine).map(|(name, _)| name));
+    for name in names {
+        let Some(rest) = name.strip_prefix("parallax:policy/") else {
+            continue;
+        };
+        let version = rest.split_once('@').map_or("", |(_, v)| v);
+        if format!("parallax:policy@{version}") != PACKAGE {
+            return Err(ModuleError::Imports(format!(
+                "built against parallax:policy@{version} ({name}), but this proxy speaks \
+                 {PACKAGE}: rebuild the module against this release's wit/ (docs/modules.md, \
+                 \"Interface versions\")"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A module version's identity: the SHA-256 of its file, hex.
@@ -415,6 +443,15 @@ impl std::fmt::Display for CallError {
             CallError::Instantiate(why) => write!(f, "cannot instantiate: {why}"),
             CallError::BadReturn(why) => write!(f, "bad return: {why}"),
         }
+    }
+}
+
+/// Header changes that change nothing.
+fn no_changes() -> wit::HeaderChanges {
+    wit::HeaderChanges {
+        remove: Vec::new(),
+        set: Vec::new(),
+        append: Vec::new(),
     }
 }
 
@@ -633,40 +670,91 @@ impl Bound {
         }
     }
 
-    /// Calls `on-request`.
-    pub fn on_request(&self, req: &wit::Request) -> Result<wit::RequestAction, CallError> {
-        self.with_instance(|i| match &i.request {
-            Some(hook) => hook.call_on_request(&mut i.store, req),
-            None => Ok(wit::RequestAction::Continue),
+    /// Calls `on-request` with `req` lent to it.
+    pub fn on_request(&self, req: &SharedRequest) -> Result<wit::RequestAction, CallError> {
+        self.with_instance(|i| {
+            let Some(hook) = &i.request else {
+                return Ok(wit::RequestAction::Continue);
+            };
+            let table = &mut i.store.data_mut().table;
+            let lent = Lent::lend(table, req.clone())?;
+            let action = hook.call_on_request(&mut i.store, lent.handle())?;
+            lent.take_back(&mut i.store.data_mut().table)?;
+            Ok(action)
         })
     }
 
-    /// Calls `on-response`.
+    /// Calls `on-response` with `req` and the view in `resp` lent to it. The view goes back
+    /// into `resp` after a clean call, for the next module; after a failed one `resp` is empty.
     pub fn on_response(
         &self,
-        req: &wit::Request,
-        resp: &wit::Response,
+        req: &SharedRequest,
+        resp: &mut Option<ResponseView>,
     ) -> Result<wit::HeaderChanges, CallError> {
-        self.with_instance(|i| match &i.response {
-            Some(hook) => hook.call_on_response(&mut i.store, req, resp),
-            None => Ok(wit::HeaderChanges {
-                remove: Vec::new(),
-                set: Vec::new(),
-                append: Vec::new(),
-            }),
+        self.with_instance(|i| {
+            let (Some(hook), Some(view)) = (&i.response, resp.take_if(|_| i.response.is_some()))
+            else {
+                return Ok(no_changes());
+            };
+            let table = &mut i.store.data_mut().table;
+            let lent_req = Lent::lend(table, req.clone())?;
+            let lent_resp = Lent::lend(table, view)?;
+            let changes =
+                hook.call_on_response(&mut i.store, lent_req.handle(), lent_resp.handle())?;
+            let table = &mut i.store.data_mut().table;
+            lent_req.take_back(table)?;
+            *resp = Some(lent_resp.take_back(table)?);
+            Ok(changes)
         })
     }
 
-    /// Calls `rewrite-body`.
+    /// Calls `rewrite-body` with `req` lent to it.
     pub fn rewrite_body(
         &self,
-        req: &wit::Request,
+        req: &SharedRequest,
         content_type: &str,
         body: &[u8],
     ) -> Result<wit::BodyAction, CallError> {
-        self.with_instance(|i| match &i.body {
-            Some(hook) => hook.call_rewrite_body(&mut i.store, req, content_type, body),
-            None => Ok(wit::BodyAction::Unchanged),
+        self.with_instance(|i| {
+            let Some(hook) = &i.body else {
+                return Ok(wit::BodyAction::Unchanged);
+            };
+            let lent = Lent::lend(&mut i.store.data_mut().table, req.clone())?;
+            let action = hook.call_rewrite_body(&mut i.store, lent.handle(), content_type, body)?;
+            lent.take_back(&mut i.store.data_mut().table)?;
+            Ok(action)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> Arc<Runtime> {
+        let config = WasmConfig {
+            cache_dir: Some(std::path::PathBuf::new()),
+            ..WasmConfig::default()
+        };
+        Runtime::new(&config).unwrap()
+    }
+
+    #[test]
+    fn a_module_built_against_another_interface_version_is_refused_naming_both() {
+        let old = wat::parse_str(
+            r#"(component
+                 (import "parallax:policy/log@0.1.0" (instance
+                   (export "log" (func (param "message" string))))))"#,
+        )
+        .unwrap();
+        let hash = content_hash(&old);
+        let Err(err) = runtime().compile(old, hash) else {
+            panic!("a 0.1.0 module was accepted");
+        };
+        let message = err.to_string();
+        assert_eq!(err.as_str(), "imports");
+        assert!(message.contains("parallax:policy@0.1.0"), "{message}");
+        assert!(message.contains(PACKAGE), "{message}");
+        assert!(message.contains("rebuild"), "{message}");
     }
 }
