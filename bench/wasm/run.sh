@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Policy-module cost on the hit path: the same Parallax build with no module, with each shipped
-# module alone, and with the three chained, one after another in one run on this machine.
+# Policy-module cost on the hit path: the same Parallax build with no module, with the template
+# module (two hooks doing almost nothing: the host's per-module floor), with each shipped module
+# alone, and with the three chained, one after another in one run on this machine.
 #
 #   bash bench/wasm/run.sh           # DURATION=10 CONNS=50 ROUNDS=3 THREADS=1 by default
 #
@@ -10,7 +11,7 @@
 # request (user + system of its process, from /proc), whose difference to "none" is what the
 # modules add per request. The proxy runs THREADS worker threads so wrk has a core of its own.
 # ROUNDS repeats the whole sequence (configurations interleaved, so drift on a shared machine
-# hits them alike); the summary takes medians.
+# hits them alike); the summary takes medians. ORDER picks configurations (default all).
 source "$(dirname "$0")/../lib.sh"
 DURATION=${DURATION:-10}
 CONNS=${CONNS:-50}
@@ -23,12 +24,12 @@ TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 # The guests go to the same target dir the proxy's tests build them in.
 [ -n "${PROXY_BIN:-}" ] || (cd "$ROOT" && cargo build --release -q -p parallax-proxy \
   && cargo build --release -q --locked --target wasm32-wasip2 --target-dir "$TARGET/wasm-guests" \
-       -p token-auth -p region-steer -p playlist-rewrite)
+       -p token-auth -p region-steer -p playlist-rewrite -p module-template)
 PROXY_BIN="${PROXY_BIN:-$TARGET/release/proxy}"  # set PROXY_BIN to skip the build (dry runs)
 # GUESTS_DIR: where the three .wasm files come from (with PROXY_BIN, to measure another build).
 GUESTS_DIR="${GUESTS_DIR:-$TARGET/wasm-guests/wasm32-wasip2/release}"
 mkdir -p "$WORK/modules"
-for m in token_auth region_steer playlist_rewrite; do
+for m in token_auth region_steer playlist_rewrite module_template; do
   cp "$GUESTS_DIR/$m.wasm" "$WORK/modules/${m//_/-}.wasm"
 done
 
@@ -52,6 +53,8 @@ config = { regions = "eu,us", region.eu.group = "default", region.us.group = "de
 name = "playlist-rewrite"
 body_stage = "after-cache"
 config = { token-name = "__token__" }
+[[wasm.modules]]
+name = "module-template"
 TOML
 }
 config() { # name chain-modules... -> config file path
@@ -73,11 +76,12 @@ config() { # name chain-modules... -> config file path
 
 declare -A CONFIG
 CONFIG[none]=$(config none)
+CONFIG[template]=$(config template module-template)
 CONFIG[token-auth]=$(config token-auth token-auth)
 CONFIG[region-steer]=$(config region-steer region-steer)
 CONFIG[playlist-rewrite]=$(config playlist-rewrite playlist-rewrite)
 CONFIG[chain]=$(config chain region-steer token-auth playlist-rewrite)
-ORDER=(none token-auth region-steer playlist-rewrite chain)
+read -r -a ORDER <<< "${ORDER:-none template token-auth region-steer playlist-rewrite chain}"
 
 run_one() { # name -> "req/s cpu-us-per-request"
   local port pid before after

@@ -4,11 +4,11 @@
 //!
 //! ```sh
 //! cargo build --release --target wasm32-wasip2 -p module-template
-//! cargo run --release --example hook_call_cost -- target/wasm32-wasip2/release/module_template.wasm
+//! cargo run --release --example hook_call_cost -- target/wasm32-wasip2/release/module_template.wasm [--cold]
 //! ```
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use parallax_proxy::wasm::host::HostServices;
 use parallax_proxy::wasm::runtime;
@@ -52,23 +52,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     resp.append_header("content-type", "application/vnd.apple.mpegurl")?;
     resp.append_header("cache-control", "max-age=1")?;
     resp.append_header("content-length", "420")?;
+    // Between two requests a proxy worker runs pingora's request and response path, which
+    // pushes wasmtime's data out of the CPU caches. `--cold` imitates that by walking a buffer
+    // as large as the L2 cache before every call (outside the timed part).
+    let cold = std::env::args().any(|a| a == "--cold");
+    let mut evict = vec![0u8; if cold { 2 << 20 } else { 0 }];
+    let mut walk = move || {
+        for line in evict.chunks_mut(64) {
+            line[0] = line[0].wrapping_add(1);
+        }
+        std::hint::black_box(&evict);
+    };
     let calls = 20_000u32;
     for round in 1..=3 {
-        let started = Instant::now();
+        let (mut request, mut response) = (Duration::ZERO, Duration::ZERO);
         for _ in 0..calls {
+            walk();
+            let started = Instant::now();
             bound.on_request(&req).map_err(|e| e.to_string())?;
-        }
-        let request = started.elapsed() / calls;
-        let started = Instant::now();
-        for _ in 0..calls {
+            request += started.elapsed();
+            walk();
+            let started = Instant::now();
             let mut view = Some(ResponseView::new(&resp, "HIT"));
             bound
                 .on_response(&req, &mut view)
                 .map_err(|e| e.to_string())?;
+            response += started.elapsed();
         }
-        let response = started.elapsed() / calls;
         println!(
-            "round {round}: on-request {request:?} per call, on-response {response:?} per call"
+            "round {round}{}: on-request {:?} per call, on-response {:?} per call",
+            if cold { " (cold)" } else { "" },
+            request / calls,
+            response / calls
         );
     }
     Ok(())
