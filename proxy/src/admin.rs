@@ -5,6 +5,7 @@
 //! |--------------------------------------|-------------------------------------------------|
 //! | `POST /purge?url=<url>`              | `{"purged": n}`: one URL                        |
 //! | `POST /purge?prefix=/live/<stream>/` | `{"purged": n}`: every object under the prefix  |
+//! | `... &scope=node`                    | this node only (default `fleet`, see below)     |
 //! | `GET /stats`                         | cache sizes and counters                        |
 //! | `GET /upstreams`                     | health of every group and origin                |
 //! | `GET /config`                        | the running configuration, secrets left out     |
@@ -23,7 +24,9 @@
 //! with the reason, and the running version stays.
 //!
 //! `url` is a path (`/live/a/1.ts`), `host/path`, or `http(s)://host/path`; `host=` may be
-//! given separately. Every request needs `Authorization: Bearer <token>`, else 401.
+//! given separately. With the kv store on Redis a purge also goes to every other node sharing
+//! it ([`crate::fleet`]): the answer adds `"other_nodes": k`, or is 503 (purged here only) when
+//! Redis cannot be reached. Every request needs `Authorization: Bearer <token>`, else 401.
 //!
 //! The `/kv` endpoints reach the same store as policy modules (see [`crate::kv`]); with Redis
 //! configured a change made on one node is seen by every node. `<key>` is the rest of the path,
@@ -56,6 +59,7 @@ use subtle::ConstantTimeEq;
 use thiserror::Error;
 use tracing::Instrument;
 
+use crate::fleet::Fleet;
 use crate::kv::{self, KvError, KvStore};
 use crate::storage::MokaStorage;
 use crate::upstream::Upstreams;
@@ -222,6 +226,9 @@ pub struct AdminState {
     pub token: String,
     /// The cache.
     pub cache: Arc<dyn CacheAdmin>,
+    /// The fleet's purge channel, when the kv store is Redis-backed: purges then reach every
+    /// node.
+    pub fleet: Option<Arc<Fleet>>,
     /// The upstream groups, for their health.
     pub upstreams: Upstreams,
     /// The key-value store behind `/kv` and `/regions`.
@@ -473,28 +480,56 @@ impl AdminApp {
         };
         let bad = |reason: &str| json_response(StatusCode::BAD_REQUEST, &json!({"error": reason}));
         let host_param = param("host").filter(|h| !h.is_empty());
-        let result = match (param("url"), param("prefix")) {
-            (Some(url), None) => {
-                let Some(target) = PurgeTarget::parse(url) else {
-                    return bad("url must be a path, host/path or http(s)://host/path");
-                };
-                let host = target.host.or(host_param);
-                tracing::info!(host, path = target.path, "purge url");
-                self.state.cache.purge_url(host, target.path, target.query)
-            }
-            (None, Some(prefix)) => {
-                let Some(target) = PurgeTarget::parse(prefix) else {
-                    return bad("prefix must be a path, host/path or http(s)://host/path");
-                };
-                let host = target.host.or(host_param);
-                tracing::info!(host, prefix = target.path, "purge prefix");
-                self.state.cache.purge_prefix(host, target.path)
-            }
+        let fleet = match (param("scope"), &self.state.fleet) {
+            (None | Some("fleet"), fleet) => fleet.as_deref(),
+            (Some("node"), _) => None,
+            _ => return bad("scope must be fleet (the default) or node"),
+        };
+        let (target, prefix) = match (param("url"), param("prefix")) {
+            (Some(url), None) => match PurgeTarget::parse(url) {
+                Some(target) => (target, false),
+                None => return bad("url must be a path, host/path or http(s)://host/path"),
+            },
+            (None, Some(prefix)) => match PurgeTarget::parse(prefix) {
+                Some(target) => (target, true),
+                None => return bad("prefix must be a path, host/path or http(s)://host/path"),
+            },
             _ => return bad("give exactly one of url= or prefix="),
         };
-        match result {
-            Ok(purged) => json_response(StatusCode::OK, &json!({ "purged": purged })),
-            Err(e) => bad(&e.to_string()),
+        let host = target.host.or(host_param);
+        tracing::info!(
+            host,
+            path = target.path,
+            prefix,
+            fleet = fleet.is_some(),
+            "purge"
+        );
+        let purged = match if prefix {
+            self.state.cache.purge_prefix(host, target.path)
+        } else {
+            self.state.cache.purge_url(host, target.path, target.query)
+        } {
+            Ok(purged) => purged,
+            Err(e) => return bad(&e.to_string()),
+        };
+        let Some(fleet) = fleet else {
+            return json_response(StatusCode::OK, &json!({ "purged": purged }));
+        };
+        match fleet.publish(host, target.path, target.query, prefix) {
+            Ok(nodes) => json_response(
+                StatusCode::OK,
+                &json!({ "purged": purged, "other_nodes": nodes }),
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "purge applied on this node only");
+                json_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &json!({
+                        "purged": purged,
+                        "error": format!("purged on this node only, not published to the fleet: {e}"),
+                    }),
+                )
+            }
         }
     }
 }
@@ -744,6 +779,7 @@ mod tests {
         let app = AdminApp::new(AdminState {
             token: TOKEN.to_string(),
             cache: cache.clone(),
+            fleet: None,
             upstreams,
             kv: Arc::new(MemoryKv::new(1 << 20)),
             modules: None,
@@ -897,6 +933,7 @@ mod tests {
         let app = AdminApp::new(AdminState {
             token: TOKEN.to_string(),
             cache,
+            fleet: None,
             upstreams,
             kv: Arc::new(DownKv),
             modules: None,

@@ -29,6 +29,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod fleet;
 pub mod health;
 pub mod kv;
 pub mod loadtest;
@@ -100,6 +101,7 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
     let kv::Built {
         store: kv,
         follower,
+        redis,
     } = kv::build(&config.kv, metrics.clone())
         .or_err(ErrorType::InternalError, "key-value store")?;
     if let Some(follower) = follower {
@@ -133,16 +135,19 @@ pub fn build_server(config: &Config, opt: Opt) -> Result<Built> {
             &config.metrics.addr,
         ));
     }
+    let key_rules = rules.clone();
+    let cache: Arc<dyn admin::CacheAdmin> = Arc::new(StorageAdmin::new(
+        storage,
+        config.cache.key.include_host,
+        Arc::new(move |host, path, query| key_rules.key_for(host, path, query)),
+    ));
+    // Every node applies the fleet's purges, whether or not its own admin API is on.
+    let fleet = redis.map(|redis| Arc::new(fleet::Fleet::join(redis, cache.clone())));
     if config.admin.enabled {
-        let key_rules = rules.clone();
-        let cache = StorageAdmin::new(
-            storage,
-            config.cache.key.include_host,
-            Arc::new(move |host, path, query| key_rules.key_for(host, path, query)),
-        );
         let state = AdminState {
             token: config.admin.token.clone(),
-            cache: Arc::new(cache),
+            cache,
+            fleet,
             upstreams: upstreams.clone(),
             kv: kv.clone(),
             modules: modules.clone(),

@@ -457,3 +457,102 @@ async fn a_region_closed_on_one_proxy_is_seen_by_another_and_survives_a_redis_ou
     wait_admin_value(b.admin, "region/eu/state", "open").await;
     assert!(a.proxy.log().contains("redis up"), "{}", a.proxy.log());
 }
+
+/// A purge on one proxy reaches the other through the shared Redis; `scope=node` stays local;
+/// with Redis down the purge still applies locally and the answer says it did not spread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_on_one_proxy_purges_the_whole_fleet() {
+    let mut redis = Redis::start();
+    let origin = Origin::start().await;
+    for n in 1..=3 {
+        origin.set(&format!("/live/a/{n}.ts"), Reply::ok(pattern(1000, n)));
+    }
+    let a = node(&origin, &redis.url()).await;
+    let b = node(&origin, &redis.url()).await;
+    let cached = |node: &Node, path: &'static str| {
+        let addr = node.proxy.addr;
+        async move {
+            let response = get(addr, path).await.unwrap();
+            assert_eq!(response.status, 200);
+            response.header("x-cache").unwrap_or_default().to_owned()
+        }
+    };
+    for path in ["/live/a/1.ts", "/live/a/2.ts", "/live/a/3.ts"] {
+        for node in [&a, &b] {
+            cached(node, path).await;
+            assert_eq!(cached(node, path).await, "HIT", "{path} cached");
+        }
+    }
+
+    // Fleet purge of a prefix on A: both caches lose it.
+    let (status, body) = admin(
+        a.admin,
+        "POST",
+        "/purge?prefix=/live/a/1&host=test.local",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"other_nodes\":1"), "{body}");
+    let start = Instant::now();
+    while cached(&b, "/live/a/1.ts").await == "HIT" {
+        assert!(
+            start.elapsed() < PROPAGATION_BOUND,
+            "the purge never reached B"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!("the purge reached the other proxy in {:?}", start.elapsed());
+    assert_ne!(cached(&a, "/live/a/1.ts").await, "HIT");
+    assert!(
+        b.proxy.log().contains("fleet purge applied"),
+        "{}",
+        b.proxy.log()
+    );
+
+    // A node-scoped purge of one URL stays on A.
+    let (status, body) = admin(
+        a.admin,
+        "POST",
+        "/purge?url=/live/a/2.ts&host=test.local&scope=node",
+        "",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!body.contains("other_nodes"), "{body}");
+    assert_ne!(cached(&a, "/live/a/2.ts").await, "HIT");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(cached(&b, "/live/a/2.ts").await, "HIT", "B kept its copy");
+    let (status, _) = admin(
+        a.admin,
+        "POST",
+        "/purge?url=/live/a/2.ts&host=test.local&scope=region",
+        "",
+    )
+    .await;
+    assert_eq!(status, 400);
+
+    // Redis down: purged here, and the answer says the fleet was not reached.
+    redis.kill();
+    let start = Instant::now();
+    loop {
+        let (status, body) = admin(
+            a.admin,
+            "POST",
+            "/purge?url=http://test.local/live/a/3.ts",
+            "",
+        )
+        .await;
+        if status == 503 {
+            assert!(body.contains("this node only"), "{body}");
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(3),
+            "fleet purges still reported as published: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(cached(&a, "/live/a/3.ts").await, "HIT");
+    assert_eq!(cached(&b, "/live/a/3.ts").await, "HIT");
+}

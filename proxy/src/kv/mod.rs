@@ -92,8 +92,9 @@ pub struct KvConfig {
     /// values + 64 bytes per entry. Default 16 MiB; at least 1 MiB. A full in-process store
     /// refuses new keys (`too-large`) rather than evicting them.
     pub max_bytes: usize,
-    /// Redis to share the store with the fleet, `redis://[[user]:password@]host[:port][/db]`.
-    /// Empty (the default): in-process only, each node its own store.
+    /// Redis to share the store with the fleet, `redis://[[user]:password@]host[:port][/db]`;
+    /// admin purges then reach the whole fleet too ([`crate::fleet`]). Empty (the default):
+    /// in-process only, each node its own store and its own purges.
     pub redis_url: String,
     /// Prefix of every key in Redis, and the name of the pub/sub channel changes are announced
     /// on. Default `parallax:kv:`; not empty. Nodes sharing a store must use the same one.
@@ -181,6 +182,8 @@ pub struct Built {
     pub store: Arc<dyn KvStore>,
     /// Add to the pingora server when set (`Server::add_service`).
     pub follower: Option<GenBackgroundService<redis::RedisFollower>>,
+    /// The Redis behind `store`, when there is one: also the fleet's message bus.
+    pub redis: Option<Arc<RedisKv>>,
 }
 
 /// The store `config` asks for: Redis-backed when `redis_url` is set (first sync made now; an
@@ -190,14 +193,16 @@ pub fn build(config: &KvConfig, metrics: Arc<Metrics>) -> Result<Built, String> 
         return Ok(Built {
             store: Arc::new(MemoryKv::new(config.max_bytes)),
             follower: None,
+            redis: None,
         });
     }
     tracing::info!(redis = %config.redacted_url(), prefix = %config.redis_key_prefix, "key-value store backed by redis");
     let kv = Arc::new(RedisKv::connect(config, metrics)?);
     let follower = background_service("kv redis follower", redis::RedisFollower(kv.clone()));
     Ok(Built {
-        store: kv,
+        store: kv.clone(),
         follower: Some(follower),
+        redis: Some(kv),
     })
 }
 

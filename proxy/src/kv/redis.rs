@@ -287,7 +287,14 @@ struct Inner {
     /// Failed connection attempts since the last success, for logging.
     failures: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Other channels the follower subscribes to, by full name, with what receives their
+    /// messages ([`RedisKv::listen`]).
+    listeners: RwLock<Vec<(String, Listener)>>,
 }
+
+/// Receives the payload of each message on a channel [`RedisKv::listen`]s to, on the follower
+/// thread: keep it short.
+pub type Listener = Arc<dyn Fn(&str) + Send + Sync>;
 
 impl RedisKv {
     /// Connects to Redis for `config` (whose `redis_url` must be set and valid) and makes the
@@ -314,6 +321,7 @@ impl RedisKv {
             stop: AtomicBool::new(false),
             failures: AtomicU64::new(0),
             metrics,
+            listeners: RwLock::default(),
         });
         inner.metrics.kv_redis_up.set(0);
         let first = match inner.connect_and_sync() {
@@ -354,6 +362,31 @@ impl RedisKv {
         let kv = Self::connect(config, metrics)?;
         kv.spawn_follower()?;
         Ok(kv)
+    }
+
+    /// Delivers every message published on channel `<prefix><name>` to `listener`, from the
+    /// follower's next (re)connection on: call it before the server starts. Pub/sub is
+    /// fire-and-forget, so messages published while this node is disconnected are lost.
+    pub fn listen(&self, name: &str, listener: Listener) {
+        let channel = format!("{}{name}", self.inner.prefix);
+        self.inner
+            .listeners
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((channel, listener));
+    }
+
+    /// Publishes `payload` on channel `<prefix><name>`; returns how many subscribers (this node
+    /// included, if it listens) received it. Fails like a write while Redis is down.
+    pub fn publish(&self, name: &str, payload: &str) -> Result<usize, KvError> {
+        let channel = format!("{}{name}", self.inner.prefix);
+        let command: [&[u8]; 3] = [b"PUBLISH", channel.as_bytes(), payload.as_bytes()];
+        match self.inner.call("publish", name, &command)? {
+            Value::Int(n) => Ok(usize::try_from(n).unwrap_or(0)),
+            other => Err(self
+                .inner
+                .unavailable(format_args!("unexpected answer to PUBLISH: {other:?}"))),
+        }
     }
 
     /// Whether the store is connected and in sync.
@@ -484,6 +517,15 @@ impl Inner {
         key: &str,
         args: &[&[u8]],
     ) -> Result<Value, KvError> {
+        let full_key = format!("{}{key}", self.prefix);
+        let mut command: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), b"1", full_key.as_bytes()];
+        command.extend_from_slice(args);
+        self.call(op, key, &command)
+    }
+
+    /// Sends `command` (about `key`, for logs) on a pooled connection, within the write
+    /// timeout; fails at once while Redis is down.
+    fn call(&self, op: &'static str, key: &str, command: &[&[u8]]) -> Result<Value, KvError> {
         if !self.up.load(Ordering::Acquire) {
             let why = self
                 .last_error
@@ -515,10 +557,7 @@ impl Inner {
                 )?
             }
         };
-        let full_key = format!("{}{key}", self.prefix);
-        let mut command: Vec<&[u8]> = vec![b"EVAL", script.as_bytes(), b"1", full_key.as_bytes()];
-        command.extend_from_slice(args);
-        let result = conn.call(&command, Instant::now() + self.timeout);
+        let result = conn.call(command, Instant::now() + self.timeout);
         if !result.as_ref().is_err_and(RespError::breaks_connection) {
             let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
             if pool.len() < POOL_MAX {
@@ -666,14 +705,33 @@ impl Inner {
     fn follow(&self, synced: Synced) -> Result<(), RespError> {
         let Synced { mut sub, mut cmd } = synced;
         let timeout = BACKGROUND_TIMEOUT.max(self.timeout);
+        let listeners = self
+            .listeners
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        if !listeners.is_empty() {
+            // Confirmations arrive as ordinary pub/sub replies and are skipped below.
+            let mut command: Vec<&[u8]> = vec![b"SUBSCRIBE"];
+            command.extend(listeners.iter().map(|(channel, _)| channel.as_bytes()));
+            sub.send(&command, Instant::now() + timeout)?;
+        }
         let mut next_resync = Instant::now() + self.resync_interval;
         let mut next_ping = Instant::now() + PING_INTERVAL;
         let mut awaiting_pong = false;
         while !self.stopped() {
             if let Some(message) = sub.read(Instant::now() + POLL)? {
                 match pubsub_message(&message) {
-                    Some(("message", key)) => self.refresh(&mut cmd, key)?,
-                    Some(("pong", _)) => awaiting_pong = false,
+                    Some(("message", channel, key)) if channel == self.prefix => {
+                        self.refresh(&mut cmd, key)?
+                    }
+                    Some(("message", channel, payload)) => {
+                        match listeners.iter().find(|(c, _)| c == channel) {
+                            Some((_, listener)) => listener(payload),
+                            None => tracing::debug!(channel, "message on an unknown channel"),
+                        }
+                    }
+                    Some(("pong", _, _)) => awaiting_pong = false,
                     _ => tracing::debug!(?message, "ignoring pub/sub message"),
                 }
             }
@@ -825,8 +883,9 @@ impl Inner {
     }
 }
 
-/// `["message", channel, payload]` → ("message", payload); `["pong", ""]` → ("pong", "").
-fn pubsub_message(value: &Value) -> Option<(&str, &str)> {
+/// `["message", channel, payload]` → ("message", channel, payload); `["pong", ""]` →
+/// ("pong", "", "").
+fn pubsub_message(value: &Value) -> Option<(&str, &str, &str)> {
     let Value::Array(Some(items)) = value else {
         return None;
     };
@@ -837,10 +896,10 @@ fn pubsub_message(value: &Value) -> Option<(&str, &str)> {
         }
     }
     match items.as_slice() {
-        [kind, _channel, payload] if text(kind) == Some("message") => {
-            Some(("message", text(payload)?))
+        [kind, channel, payload] if text(kind) == Some("message") => {
+            Some(("message", text(channel)?, text(payload)?))
         }
-        [kind, _] if text(kind) == Some("pong") => Some(("pong", "")),
+        [kind, _] if text(kind) == Some("pong") => Some(("pong", "", "")),
         _ => None,
     }
 }
@@ -932,10 +991,10 @@ mod tests {
         ]));
         assert_eq!(
             pubsub_message(&message),
-            Some(("message", "region/eu/state"))
+            Some(("message", "parallax:kv:", "region/eu/state"))
         );
         let pong = Value::Array(Some(vec![bulk("pong"), bulk("")]));
-        assert_eq!(pubsub_message(&pong), Some(("pong", "")));
+        assert_eq!(pubsub_message(&pong), Some(("pong", "", "")));
         assert_eq!(pubsub_message(&Value::Int(1)), None);
     }
 }
