@@ -356,6 +356,15 @@ impl Publication {
             .map_err(|_| HubError::StreamClosed(self.stream.clone()))
     }
 
+    /// The reason, if the stream has disconnected this publisher; see [`Publication::kicked`].
+    pub fn try_kicked(&mut self) -> Option<String> {
+        match self.kicked.try_recv() {
+            Ok(reason) => Some(reason),
+            Err(oneshot::error::TryRecvError::Empty) => None,
+            Err(oneshot::error::TryRecvError::Closed) => Some("stream ended".to_owned()),
+        }
+    }
+
     /// Resolves when the stream disconnects this publisher, with the reason: taken over by
     /// another publisher, media the packager refused, or the stream ended.
     pub async fn kicked(&mut self) -> String {

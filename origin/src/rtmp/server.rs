@@ -45,6 +45,7 @@ use tracing::{Instrument, Span};
 use super::ack::{AckWindow, MalformedWindowAckSize, Outbound, TYPE_WINDOW_ACK_SIZE};
 use super::auth::{AuthError, Authorizer, PublishRequest};
 use super::dechunk::{DechunkError, Dechunker, Message};
+use super::socket::{next_tick, Socket};
 use crate::config::RtmpConfig;
 use crate::hub::{Hub, HubError, Publication};
 use crate::media::flv::{audio_codec_name, video_codec_name};
@@ -221,7 +222,7 @@ pub async fn handle_connection(
         ctx,
         peer,
         span,
-        socket,
+        socket: Socket::new(socket),
         session,
         dechunker: Dechunker::new(),
         ack: AckWindow::new(handshake_bytes),
@@ -289,7 +290,7 @@ struct Connection<'a> {
     ctx: &'a RtmpContext,
     peer: SocketAddr,
     span: Span,
-    socket: TcpStream,
+    socket: Socket,
     session: ServerSession,
     dechunker: Dechunker,
     ack: AckWindow,
@@ -315,8 +316,25 @@ impl Connection<'_> {
     ) -> Result<(), ConnectionError> {
         self.results(initial).await?;
         self.input(leftover).await?;
-        let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
+        let pace = Duration::from_millis(self.ctx.config.read_interval_ms);
+        loop {
+            let open = if self.publication.is_some() && !pace.is_zero() {
+                self.read_paced(&mut buf, pace).await?
+            } else {
+                self.read_registered(&mut buf).await?
+            };
+            if !open {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads bytes as they arrive until the peer closes (`false`) or, with pacing on, a
+    /// publish starts (`true`).
+    async fn read_registered(&mut self, buf: &mut [u8]) -> Result<bool, ConnectionError> {
+        let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
+        let paced = self.ctx.config.read_interval_ms > 0;
         // One idle timer for the connection, pushed back only when it fires: a timeout around
         // every read would register and cancel a timer per RTMP message.
         let mut last_read = Instant::now();
@@ -325,13 +343,16 @@ impl Connection<'_> {
         loop {
             let keyframe_deadline = self.keyframe_deadline;
             tokio::select! {
-                read = self.socket.read(&mut buf) => {
+                read = self.socket.read(buf) => {
                     let n = read?;
                     if n == 0 {
-                        return Ok(());
+                        return Ok(false);
                     }
                     last_read = Instant::now();
                     self.input(&buf[..n]).await?;
+                    if paced && self.publication.is_some() {
+                        return Ok(true);
+                    }
                 }
                 () = &mut idle_timer => {
                     let deadline = last_read + idle;
@@ -341,12 +362,60 @@ impl Connection<'_> {
                     idle_timer.as_mut().reset(deadline);
                 }
                 reason = kicked(&mut self.publication) => return Err(ConnectionError::Kicked(reason)),
-                () = sleep_until(keyframe_deadline) => {
-                    let waited = Duration::from_millis(self.ctx.config.keyframe_timeout_ms);
-                    return Err(ConnectionError::NoKeyframe(waited));
-                }
+                () = sleep_until(keyframe_deadline) => return Err(self.no_keyframe()),
             }
         }
+    }
+
+    /// Reads the socket every `interval`, on the tick all publishers share, until the peer
+    /// closes (`false`) or the publish ends (`true`); see [`super::socket`].
+    async fn read_paced(
+        &mut self,
+        buf: &mut [u8],
+        interval: Duration,
+    ) -> Result<bool, ConnectionError> {
+        self.socket.pace()?;
+        let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
+        let tick = tokio::time::sleep_until(next_tick(interval));
+        tokio::pin!(tick);
+        let mut last_read = tick.deadline();
+        loop {
+            (&mut tick).await;
+            let now = tick.deadline();
+            if let Some(reason) = self.publication.as_mut().and_then(Publication::try_kicked) {
+                return Err(ConnectionError::Kicked(reason));
+            }
+            if self.keyframe_deadline.is_some_and(|deadline| now >= deadline) {
+                return Err(self.no_keyframe());
+            }
+            // Drain what arrived since the last tick: a full buffer means there may be more.
+            loop {
+                let n = match self.socket.try_read(buf) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                last_read = now;
+                self.input(&buf[..n]).await?;
+                if self.publication.is_none() {
+                    self.socket.register()?;
+                    return Ok(true);
+                }
+                if n < buf.len() {
+                    break;
+                }
+            }
+            if now.duration_since(last_read) >= idle {
+                return Err(ConnectionError::Idle(idle));
+            }
+            tick.as_mut().reset(next_tick(interval));
+        }
+    }
+
+    fn no_keyframe(&self) -> ConnectionError {
+        ConnectionError::NoKeyframe(Duration::from_millis(self.ctx.config.keyframe_timeout_ms))
     }
 
     /// Half-closes and drains the socket for up to [`LINGER`]: closing at once would make a

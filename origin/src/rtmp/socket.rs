@@ -1,0 +1,182 @@
+//! A connection's socket, in its two modes.
+//!
+//! While a connection handshakes and exchanges commands, its socket is *registered* with the
+//! runtime: bytes wake the connection as they arrive. While it publishes, the socket is
+//! *paced*: taken out of the runtime's epoll set and read on a timer grid that every paced
+//! connection shares ([`next_tick`]), so one wakeup of the runtime reads all publishers.
+//!
+//! Why: an encoder writes each audio and video message as it is produced, ~75 a second per
+//! stream (30 fps video, AAC audio), and every arrival cost a wakeup — epoll, a context
+//! switch, a task poll, a `recv` and the TCP window update it sends — which was most of the
+//! origin's CPU per stream, and more than nginx-rtmp's whole per-stream budget
+//! (bench/RESULTS.md, issue 2). The price is latency: a keyframe waits for the next tick
+//! before it is read, so the segment it closes is listed half an interval later on average.
+//!
+//! Writes while paced (acknowledgements, command responses) go straight to the socket, which
+//! then has a nearly empty send buffer; should one not fit, the socket is registered again for
+//! the rest of it.
+
+use std::io::{self, Read, Write};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+/// The next instant after now on the grid of `interval` that all paced connections share.
+pub fn next_tick(interval: Duration) -> Instant {
+    // Any fixed instant works as the grid's origin, as long as every connection uses the same.
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    let interval_ns = interval.as_nanos().max(1);
+    let ticks = (Instant::now() - origin).as_nanos() / interval_ns + 1;
+    let offset_ns = u64::try_from(ticks * interval_ns).unwrap_or(u64::MAX);
+    origin + Duration::from_nanos(offset_ns)
+}
+
+/// A connection's socket; see the module docs.
+#[derive(Debug)]
+pub struct Socket {
+    state: State,
+}
+
+#[derive(Debug)]
+enum State {
+    Registered(TcpStream),
+    Paced(std::net::TcpStream),
+    /// A mode switch failed half way; the connection is closed with that error.
+    Lost,
+}
+
+fn lost() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "socket lost switching modes")
+}
+
+impl Socket {
+    /// A socket registered with the runtime.
+    pub fn new(stream: TcpStream) -> Self {
+        Socket {
+            state: State::Registered(stream),
+        }
+    }
+
+    /// Takes the socket out of the runtime's epoll set; read it with [`Socket::try_read`].
+    pub fn pace(&mut self) -> io::Result<()> {
+        if let State::Registered(_) = self.state {
+            let State::Registered(stream) = std::mem::replace(&mut self.state, State::Lost) else {
+                return Err(lost());
+            };
+            // Non-blocking, as tokio leaves it.
+            self.state = State::Paced(stream.into_std()?);
+        }
+        Ok(())
+    }
+
+    /// Registers the socket with the runtime again.
+    pub fn register(&mut self) -> io::Result<()> {
+        if let State::Paced(_) = self.state {
+            let State::Paced(stream) = std::mem::replace(&mut self.state, State::Lost) else {
+                return Err(lost());
+            };
+            self.state = State::Registered(TcpStream::from_std(stream)?);
+        }
+        Ok(())
+    }
+
+    fn registered(&mut self) -> io::Result<&mut TcpStream> {
+        self.register()?;
+        match &mut self.state {
+            State::Registered(stream) => Ok(stream),
+            _ => Err(lost()),
+        }
+    }
+
+    /// Waits for bytes (registering the socket if it is paced); 0 means the peer closed.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.registered()?.read(buf).await
+    }
+
+    /// Reads what has arrived without waiting: `WouldBlock` when nothing has. Either mode.
+    pub fn try_read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.state {
+            State::Registered(stream) => stream.try_read(buf),
+            State::Paced(stream) => stream.read(buf),
+            State::Lost => Err(lost()),
+        }
+    }
+
+    /// Writes all of `bytes`.
+    pub async fn write_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        if let State::Paced(stream) = &mut self.state {
+            while !bytes.is_empty() {
+                match stream.write(bytes) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => bytes = &bytes[n..],
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            if bytes.is_empty() {
+                return Ok(());
+            }
+            // The send buffer is full: wait for room like any registered socket, then pace
+            // again.
+            self.registered()?.write_all(bytes).await?;
+            return self.pace();
+        }
+        self.registered()?.write_all(bytes).await
+    }
+
+    /// Shuts down the write half.
+    pub async fn shutdown(&mut self) -> io::Result<()> {
+        self.registered()?.shutdown().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ticks_of_all_connections_fall_on_one_grid() {
+        let interval = Duration::from_millis(20);
+        let start = Instant::now();
+        let a = next_tick(interval);
+        tokio::time::sleep(Duration::from_millis(7)).await;
+        let b = next_tick(interval);
+        assert!(a > start && a <= start + interval);
+        let apart = if b > a { b - a } else { a - b };
+        assert_eq!(apart.as_nanos() % interval.as_nanos(), 0);
+    }
+
+    #[tokio::test]
+    async fn paced_socket_reads_what_arrived_and_writes_back() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut peer = TcpStream::connect(addr).await.unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        let mut socket = Socket::new(accepted);
+        socket.pace().unwrap();
+
+        let mut buf = [0u8; 64];
+        let nothing = socket.try_read(&mut buf).unwrap_err();
+        assert_eq!(nothing.kind(), io::ErrorKind::WouldBlock);
+        peer.write_all(b"media").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(socket.try_read(&mut buf).unwrap(), 5);
+        assert_eq!(&buf[..5], b"media");
+
+        socket.write_all(b"ack").await.unwrap();
+        let mut got = [0u8; 3];
+        peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ack");
+
+        // Registered again, it waits for bytes as before.
+        peer.write_all(b"command").await.unwrap();
+        assert_eq!(socket.read(&mut buf).await.unwrap(), 7);
+        drop(peer);
+        assert_eq!(socket.read(&mut buf).await.unwrap(), 0);
+    }
+}
