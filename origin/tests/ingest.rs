@@ -506,6 +506,44 @@ async fn interleaved_publish_of_the_bundled_clip_is_served_as_hls() {
 }
 
 #[tokio::test]
+async fn publisher_is_acknowledged_the_bytes_received_each_time_its_window_fills() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let origin = TestOrigin::start(|_| {}).await;
+        let clip = Clip::bundled().unwrap();
+        let url = RtmpUrl::parse(&origin.rtmp_url("acked")).unwrap();
+        let mut publisher = Publisher::connect(&url, false).await.unwrap();
+        let config = (clip.video_config.clone(), clip.audio_config.clone());
+        publisher.send_video(0, config.0.unwrap()).await.unwrap();
+        publisher.send_audio(0, config.1.unwrap()).await.unwrap();
+        // rml_rtmp's client sets a 2.5 MB window; send more than that, faster than real time.
+        // Media bypasses rml_rtmp's session on the origin, so these bytes are counted by the
+        // connection itself.
+        let mut offset_ms = 0;
+        while publisher.stats().bytes_sent < 3_000_000 {
+            for tag in &clip.tags {
+                let ts = tag.timestamp_ms + offset_ms;
+                match tag.kind {
+                    TagKind::Video => publisher.send_video(ts, tag.data.clone()).await,
+                    TagKind::Audio => publisher.send_audio(ts, tag.data.clone()).await,
+                }
+                .unwrap();
+            }
+            offset_ms += u32::try_from(clip.duration_ms).unwrap();
+        }
+        publisher.idle(Duration::from_secs(1)).await.unwrap();
+        let stats = publisher.stats();
+        assert!(
+            (2_500_000..=stats.bytes_sent).contains(&u64::from(stats.acknowledged_bytes)),
+            "{stats:?}"
+        );
+        publisher.finish().await.unwrap();
+        origin.stop().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn bad_input_closes_its_connection_while_a_good_publisher_keeps_publishing() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let origin = TestOrigin::start(|config| {

@@ -385,7 +385,10 @@ impl Connection<'_> {
             if let Some(reason) = self.publication.as_mut().and_then(Publication::try_kicked) {
                 return Err(ConnectionError::Kicked(reason));
             }
-            if self.keyframe_deadline.is_some_and(|deadline| now >= deadline) {
+            if self
+                .keyframe_deadline
+                .is_some_and(|deadline| now >= deadline)
+            {
                 return Err(self.no_keyframe());
             }
             // Drain what arrived since the last tick: a full buffer means there may be more.
@@ -442,7 +445,7 @@ impl Connection<'_> {
             match message.header.type_id {
                 TYPE_AUDIO | TYPE_VIDEO => self.media(message).await?,
                 TYPE_WINDOW_ACK_SIZE => self.ack.set_window(&message.payload)?,
-                _ => self.to_session(message).await?,
+                _ => self.session_message(message).await?,
             }
         }
         Ok(())
@@ -450,7 +453,7 @@ impl Connection<'_> {
 
     /// Hands one message (a command, metadata, control: a handful per connection) to the
     /// session, re-chunked, and acts on what it returns, in the connection's span.
-    async fn to_session(&mut self, message: Message) -> Result<(), ConnectionError> {
+    async fn session_message(&mut self, message: Message) -> Result<(), ConnectionError> {
         let span = self.span.clone();
         async {
             self.session_stream_id = message.header.message_stream_id;
