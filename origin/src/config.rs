@@ -420,6 +420,7 @@ mod tests {
                 "[rtmp]\nmax_stream_name_bytes = 0",
                 "rtmp.max_stream_name_bytes",
             ),
+            ("[rtmp]\nread_interval_ms = 101", "rtmp.read_interval_ms"),
             ("[auth]\ncallback_url = \"ftp://x/\"", "auth.callback_url"),
             ("[auth]\nallowed_keys = [\"\"]", "auth.allowed_keys"),
             ("[recording]\nmax_bytes = 10", "recording.max_bytes"),

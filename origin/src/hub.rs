@@ -44,6 +44,7 @@ use tracing::Instrument;
 use crate::config::{Config, HookConfig};
 use crate::media::{MediaError, NumberingState, Packager, PackagerOptions, Segment};
 use crate::record::{self, Recorder, Rollover};
+use crate::rtmp::socket::next_tick;
 use crate::store::{Layout, LiveStore, StreamName};
 
 /// Why a publish could not start or continue.
@@ -73,6 +74,8 @@ struct Settings {
     recording: Option<Rollover>,
     hook: Option<HookConfig>,
     queue: usize,
+    /// How often a stream task checks its grace and deletes expired segments.
+    housekeeping: Duration,
 }
 
 /// The live streams of this origin.
@@ -155,6 +158,7 @@ impl Hub {
                 }),
                 hook: rec.post_record_hook.clone(),
                 queue: config.rtmp.stream_queue_messages,
+                housekeeping: housekeeping_interval(config.rtmp.read_interval_ms),
             },
             streams: Mutex::new(HashMap::new()),
             ending: Mutex::new(HashMap::new()),
@@ -490,8 +494,9 @@ impl StreamTask {
             return;
         }
         // Drives grace expiry and deletion of segments past their availability time.
-        let mut tick = tokio::time::interval(Duration::from_millis(250));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let period = settings.housekeeping;
+        let mut tick = tokio::time::interval_at(next_tick(period), period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
         let end = loop {
             tokio::select! {
                 cmd = rx.recv() => match cmd {
@@ -705,6 +710,18 @@ impl StreamTask {
             tokio::spawn(async move { record::run_hook(&hook, &finished).await }.in_current_span());
         }
     }
+}
+
+/// About 250 ms, a multiple of the publishers' read interval: on the same grid
+/// ([`next_tick`]) the stream tasks then tick together with the connections, and cost the
+/// runtime no wakeup of their own.
+fn housekeeping_interval(read_interval_ms: u64) -> Duration {
+    const ABOUT_MS: u64 = 250;
+    let ms = match read_interval_ms {
+        0 => ABOUT_MS,
+        read => ABOUT_MS.div_ceil(read) * read,
+    };
+    Duration::from_millis(ms)
 }
 
 fn unix_ms() -> i64 {

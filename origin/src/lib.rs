@@ -96,6 +96,9 @@ pub async fn run(
         config: config.rtmp.clone(),
         hub: hub.clone(),
         auth: rtmp::auth::Authorizer::new(&config.auth),
+        ticker: rtmp::socket::Ticker::new(std::time::Duration::from_millis(
+            config.rtmp.read_interval_ms,
+        )),
     });
     let http_state = Arc::new(http::HttpState::new(&config));
 

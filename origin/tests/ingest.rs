@@ -468,9 +468,26 @@ async fn publisher_closed_by_server(publisher: &mut Publisher, within: Duration)
 
 #[tokio::test]
 async fn interleaved_publish_of_the_bundled_clip_is_served_as_hls() {
+    publish_interleaved_clip_and_probe_segments(None).await;
+}
+
+#[tokio::test]
+async fn publish_read_as_bytes_arrive_is_served_as_hls_too() {
+    // `read_interval_ms = 0`: the publishing socket stays registered, no pacing.
+    publish_interleaved_clip_and_probe_segments(Some(0)).await;
+}
+
+/// Publishes the bundled clip, interleaved, until two segments are listed, and checks them with
+/// ffprobe; `read_interval_ms` overrides the default.
+async fn publish_interleaved_clip_and_probe_segments(read_interval_ms: Option<u64>) {
     require_ffmpeg();
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let origin = TestOrigin::start(|_| {}).await;
+        let origin = TestOrigin::start(|config| {
+            if let Some(ms) = read_interval_ms {
+                config.rtmp.read_interval_ms = ms;
+            }
+        })
+        .await;
         let (stop, publisher) = spawn_publisher(&origin, "clip");
 
         // Two complete 2 s segments need a little over 4 s of media.

@@ -45,7 +45,7 @@ use tracing::{Instrument, Span};
 use super::ack::{AckWindow, MalformedWindowAckSize, Outbound, TYPE_WINDOW_ACK_SIZE};
 use super::auth::{AuthError, Authorizer, PublishRequest};
 use super::dechunk::{DechunkError, Dechunker, Message};
-use super::socket::{next_tick, Socket};
+use super::socket::{Socket, Ticker};
 use crate::config::RtmpConfig;
 use crate::hub::{Hub, HubError, Publication};
 use crate::media::flv::{audio_codec_name, video_codec_name};
@@ -157,6 +157,8 @@ pub struct RtmpContext {
     pub hub: Arc<Hub>,
     /// Publish authorization.
     pub auth: Authorizer,
+    /// The tick publishing connections read on (`read_interval_ms`).
+    pub ticker: Arc<Ticker>,
 }
 
 /// Accepts RTMP connections until `shutdown` resolves; then drops every connection.
@@ -317,10 +319,10 @@ impl Connection<'_> {
         self.results(initial).await?;
         self.input(leftover).await?;
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
-        let pace = Duration::from_millis(self.ctx.config.read_interval_ms);
+        let paced = self.ctx.config.read_interval_ms > 0;
         loop {
-            let open = if self.publication.is_some() && !pace.is_zero() {
-                self.read_paced(&mut buf, pace).await?
+            let open = if self.publication.is_some() && paced {
+                self.read_paced(&mut buf).await?
             } else {
                 self.read_registered(&mut buf).await?
             };
@@ -367,21 +369,19 @@ impl Connection<'_> {
         }
     }
 
-    /// Reads the socket every `interval`, on the tick all publishers share, until the peer
-    /// closes (`false`) or the publish ends (`true`); see [`super::socket`].
-    async fn read_paced(
-        &mut self,
-        buf: &mut [u8],
-        interval: Duration,
-    ) -> Result<bool, ConnectionError> {
+    /// Reads the socket on every tick of the shared [`Ticker`] until the peer closes
+    /// (`false`) or the publish ends (`true`); see [`super::socket`].
+    async fn read_paced(&mut self, buf: &mut [u8]) -> Result<bool, ConnectionError> {
         self.socket.pace()?;
         let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
-        let tick = tokio::time::sleep_until(next_tick(interval));
-        tokio::pin!(tick);
-        let mut last_read = tick.deadline();
+        let mut ticks = self.ctx.ticker.subscribe();
+        let mut last_read = Instant::now();
         loop {
-            (&mut tick).await;
-            let now = tick.deadline();
+            if ticks.changed().await.is_err() {
+                // The ticker lives as long as the context; only a shutdown drops it.
+                return Ok(false);
+            }
+            let now = *ticks.borrow_and_update();
             if let Some(reason) = self.publication.as_mut().and_then(Publication::try_kicked) {
                 return Err(ConnectionError::Kicked(reason));
             }
@@ -413,7 +413,6 @@ impl Connection<'_> {
             if now.duration_since(last_read) >= idle {
                 return Err(ConnectionError::Idle(idle));
             }
-            tick.as_mut().reset(next_tick(interval));
         }
     }
 

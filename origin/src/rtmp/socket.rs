@@ -2,8 +2,10 @@
 //!
 //! While a connection handshakes and exchanges commands, its socket is *registered* with the
 //! runtime: bytes wake the connection as they arrive. While it publishes, the socket is
-//! *paced*: taken out of the runtime's epoll set and read on a timer grid that every paced
-//! connection shares ([`next_tick`]), so one wakeup of the runtime reads all publishers.
+//! *paced*: taken out of the runtime's epoll set and read on the ticks of one [`Ticker`] that
+//! every paced connection shares, so one wakeup of the runtime reads all publishers. (One
+//! timer for all rather than one each: tokio wakes its own driver, an eventfd write and an
+//! extra epoll round, for every timer re-armed earlier than its next deadline.)
 //!
 //! Why: an encoder writes each audio and video message as it is produced, ~75 a second per
 //! stream (30 fps video, AAC audio), and every arrival cost a wakeup — epoll, a context
@@ -17,14 +19,17 @@
 //! the rest of it.
 
 use std::io::{self, Read, Write};
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// The next instant after now on the grid of `interval` that all paced connections share.
+/// The next instant after now on a grid of `interval`. Every grid has the same origin, so
+/// grids whose intervals are multiples of each other tick together.
 pub fn next_tick(interval: Duration) -> Instant {
     // Any fixed instant works as the grid's origin, as long as every connection uses the same.
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -33,6 +38,54 @@ pub fn next_tick(interval: Duration) -> Instant {
     let ticks = (Instant::now() - origin).as_nanos() / interval_ns + 1;
     let offset_ns = u64::try_from(ticks * interval_ns).unwrap_or(u64::MAX);
     origin + Duration::from_nanos(offset_ns)
+}
+
+/// Ticks every `interval` on the [`next_tick`] grid while anyone listens; see the module docs.
+#[derive(Debug)]
+pub struct Ticker {
+    interval: Duration,
+    ticks: watch::Sender<Instant>,
+    /// Whether the task sending the ticks runs; it stops when the last receiver is gone.
+    running: AtomicBool,
+}
+
+impl Ticker {
+    /// A ticker, idle until [`Ticker::subscribe`].
+    pub fn new(interval: Duration) -> Arc<Self> {
+        Arc::new(Ticker {
+            interval,
+            ticks: watch::Sender::new(Instant::now()),
+            running: AtomicBool::new(false),
+        })
+    }
+
+    /// The ticks from now on: `changed()` resolves at each one, and the value is its instant.
+    /// Starts the ticking task if it is not running; must be called inside the runtime.
+    pub fn subscribe(self: &Arc<Self>) -> watch::Receiver<Instant> {
+        let ticks = self.ticks.subscribe();
+        if !self.running.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().run());
+        }
+        ticks
+    }
+
+    async fn run(self: Arc<Self>) {
+        let sleep = tokio::time::sleep_until(next_tick(self.interval));
+        tokio::pin!(sleep);
+        loop {
+            (&mut sleep).await;
+            if self.ticks.receiver_count() == 0 {
+                self.running.store(false, Ordering::Release);
+                // A subscriber that came after the count and before the store saw us running
+                // and started no task: carry on for it, unless a newer task already has.
+                if self.ticks.receiver_count() == 0 || self.running.swap(true, Ordering::AcqRel) {
+                    return;
+                }
+            }
+            self.ticks.send_replace(sleep.deadline());
+            sleep.as_mut().reset(next_tick(self.interval));
+        }
+    }
 }
 
 /// A connection's socket; see the module docs.
@@ -151,6 +204,26 @@ mod tests {
         assert!(a > start && a <= start + interval);
         let apart = if b > a { b - a } else { a - b };
         assert_eq!(apart.as_nanos() % interval.as_nanos(), 0);
+    }
+
+    #[tokio::test]
+    async fn ticker_ticks_for_its_subscribers_and_stops_without_them() {
+        let interval = Duration::from_millis(5);
+        let ticker = Ticker::new(interval);
+        let mut a = ticker.subscribe();
+        let mut b = ticker.subscribe();
+        a.changed().await.unwrap();
+        b.changed().await.unwrap();
+        assert_eq!(*a.borrow_and_update(), *b.borrow_and_update());
+        let first = *a.borrow();
+        a.changed().await.unwrap();
+        assert_eq!(*a.borrow() - first, interval);
+        drop((a, b));
+        tokio::time::sleep(interval * 3).await;
+        assert!(!ticker.running.load(Ordering::Acquire));
+        // And starts again for a new subscriber.
+        let mut c = ticker.subscribe();
+        c.changed().await.unwrap();
     }
 
     #[tokio::test]
