@@ -70,10 +70,17 @@ impl Ticker {
     }
 
     async fn run(self: Arc<Self>) {
-        let sleep = tokio::time::sleep_until(next_tick(self.interval));
-        tokio::pin!(sleep);
+        // Two timers leapfrogging, each re-armed one interval after the other: tokio unparks
+        // its driver (an eventfd write, an extra epoll round) when a timer is re-armed earlier
+        // than the driver's next deadline, which one timer re-armed every tick always is.
+        let first = next_tick(self.interval);
+        let current = tokio::time::sleep_until(first);
+        let next = tokio::time::sleep_until(first + self.interval);
+        tokio::pin!(current, next);
+        // Armed now, not at its first poll, so the driver knows it before `current` fires.
+        next.as_mut().reset(first + self.interval);
         loop {
-            (&mut sleep).await;
+            (&mut current).await;
             if self.ticks.receiver_count() == 0 {
                 self.running.store(false, Ordering::Release);
                 // A subscriber that came after the count and before the store saw us running
@@ -82,8 +89,12 @@ impl Ticker {
                     return;
                 }
             }
-            self.ticks.send_replace(sleep.deadline());
-            sleep.as_mut().reset(next_tick(self.interval));
+            self.ticks.send_replace(current.deadline());
+            let after_next = next.deadline() + self.interval;
+            // A tick missed by more than an interval (a stalled runtime) goes back to the grid.
+            let after_next = after_next.max(next_tick(self.interval));
+            current.as_mut().reset(after_next);
+            std::mem::swap(&mut current, &mut next);
         }
     }
 }
