@@ -112,8 +112,8 @@ struct Media {
 
 impl Media {
     fn lock(media: &Mutex<Media>) -> MutexGuard<'_, Media> {
-        // A panic mid-push (a bug) is confined to the open segment; the numbering the stream
-        // shares with its redundant partner stays valid, so the stream carries on.
+        // A push that panicked (a bug) has already ended its connection; the packager is used
+        // as it was left rather than ending the stream for its next publisher.
         media.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

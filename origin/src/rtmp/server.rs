@@ -8,7 +8,8 @@
 //! - audio and video on the publishing stream (`Connection::media`): codec checked, then
 //!   packaged right here through the stream's [`Publication`]. This is nearly every message,
 //!   so it is parsed once, by the Dechunker: handing it to rml_rtmp as well, then to another
-//!   task, tripled the origin's CPU against nginx-rtmp's (bench/RESULTS.md, issue 2);
+//!   task, was a second parse and a task wakeup per message, a third of the origin's CPU
+//!   (bench/RESULTS.md, issue 2);
 //! - everything else goes, re-chunked, to rml_rtmp's `ServerSession`, and each event it raises
 //!   is handled in `Connection::event`: connect (app name checked), publish (name validated,
 //!   authorized, registered with the [`Hub`]), metadata (codecs checked), unpublish. Window
