@@ -10,16 +10,19 @@
 //! The media path, one stage per module:
 //!
 //! ```text
-//! rtmp::server ──▶ hub ──▶ media::Packager ──▶ store (live/<s>/) ──▶ http
-//!   (dechunk,       (one task      (FLV → TS,          └──▶ record (vod/<s>/<id>/)
-//!    auth)           per stream)    segmenter, m3u8)
+//! rtmp::server ──▶ hub::Publication ──▶ media::Packager ──▶ hub stream task ──▶ store (live/<s>/) ──▶ http
+//!   (dechunk,       (in the connection's    (FLV → TS,         (segments only)      └──▶ record (vod/<s>/<id>/)
+//!    auth)           task)                   segmenter, m3u8)
 //! ```
 //!
 //! - [`config`]: the whole [`Config`], its defaults and `validate()`.
 //! - [`rtmp`]: the RTMP listener: handshake, chunk-stream reassembly ([`rtmp::dechunk`]),
-//!   rml_rtmp session events, publish authorization ([`rtmp::auth`]).
-//! - [`hub`]: the registry of live streams; one task per stream drives its packager, handles
-//!   takeover and the reconnect grace.
+//!   media handed to the packager, rml_rtmp session events for the rest, publish
+//!   authorization ([`rtmp::auth`]), acknowledgements ([`rtmp::ack`]), paced reads while
+//!   publishing ([`rtmp::socket`]).
+//! - [`hub`]: the registry of live streams; the publishing connection drives the stream's
+//!   packager, and one task per stream writes its segments, handles takeover and the
+//!   reconnect grace.
 //! - [`media`]: pure FLV → MPEG-TS packaging, epoch-locked segmenting, playlist rendering.
 //! - [`store`]: the data directory: atomic playlist and segment writes, availability-time
 //!   deletion, safe names.
@@ -93,6 +96,9 @@ pub async fn run(
         config: config.rtmp.clone(),
         hub: hub.clone(),
         auth: rtmp::auth::Authorizer::new(&config.auth),
+        ticker: rtmp::socket::Ticker::new(std::time::Duration::from_millis(
+            config.rtmp.read_interval_ms,
+        )),
     });
     let http_state = Arc::new(http::HttpState::new(&config));
 

@@ -118,6 +118,9 @@ pub struct PublishStats {
     pub bytes_sent: u64,
     /// Complete passes over the clip.
     pub loops_completed: u64,
+    /// The byte count of the server's last Acknowledgement (RTMP 1.0 §5.4.3; 0 before one).
+    /// rml_rtmp's client asks for one every 2.5 MB.
+    pub acknowledged_bytes: u32,
 }
 
 /// Why a publish failed, by stage.
@@ -634,6 +637,9 @@ impl Publisher {
                 }
                 ClientSessionResult::RaisedEvent(event) => {
                     check_event(&event, stage)?;
+                    if let ClientSessionEvent::AcknowledgementReceived { bytes_received } = event {
+                        self.stats.acknowledged_bytes = bytes_received;
+                    }
                     events.push(event);
                 }
                 ClientSessionResult::UnhandleableMessageReceived(payload) => {

@@ -468,9 +468,26 @@ async fn publisher_closed_by_server(publisher: &mut Publisher, within: Duration)
 
 #[tokio::test]
 async fn interleaved_publish_of_the_bundled_clip_is_served_as_hls() {
+    publish_interleaved_clip_and_probe_segments(None).await;
+}
+
+#[tokio::test]
+async fn publish_read_as_bytes_arrive_is_served_as_hls_too() {
+    // `read_interval_ms = 0`: the publishing socket stays registered, no pacing.
+    publish_interleaved_clip_and_probe_segments(Some(0)).await;
+}
+
+/// Publishes the bundled clip, interleaved, until two segments are listed, and checks them with
+/// ffprobe; `read_interval_ms` overrides the default.
+async fn publish_interleaved_clip_and_probe_segments(read_interval_ms: Option<u64>) {
     require_ffmpeg();
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let origin = TestOrigin::start(|_| {}).await;
+        let origin = TestOrigin::start(|config| {
+            if let Some(ms) = read_interval_ms {
+                config.rtmp.read_interval_ms = ms;
+            }
+        })
+        .await;
         let (stop, publisher) = spawn_publisher(&origin, "clip");
 
         // Two complete 2 s segments need a little over 4 s of media.
@@ -499,6 +516,44 @@ async fn interleaved_publish_of_the_bundled_clip_is_served_as_hls() {
         stop.send(()).unwrap();
         let stats = publisher.await.unwrap().unwrap();
         assert!(stats.video_frames > 120, "{stats:?}");
+        origin.stop().await;
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn publisher_is_acknowledged_the_bytes_received_each_time_its_window_fills() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let origin = TestOrigin::start(|_| {}).await;
+        let clip = Clip::bundled().unwrap();
+        let url = RtmpUrl::parse(&origin.rtmp_url("acked")).unwrap();
+        let mut publisher = Publisher::connect(&url, false).await.unwrap();
+        let config = (clip.video_config.clone(), clip.audio_config.clone());
+        publisher.send_video(0, config.0.unwrap()).await.unwrap();
+        publisher.send_audio(0, config.1.unwrap()).await.unwrap();
+        // rml_rtmp's client sets a 2.5 MB window; send more than that, faster than real time.
+        // Media bypasses rml_rtmp's session on the origin, so these bytes are counted by the
+        // connection itself.
+        let mut offset_ms = 0;
+        while publisher.stats().bytes_sent < 3_000_000 {
+            for tag in &clip.tags {
+                let ts = tag.timestamp_ms + offset_ms;
+                match tag.kind {
+                    TagKind::Video => publisher.send_video(ts, tag.data.clone()).await,
+                    TagKind::Audio => publisher.send_audio(ts, tag.data.clone()).await,
+                }
+                .unwrap();
+            }
+            offset_ms += u32::try_from(clip.duration_ms).unwrap();
+        }
+        publisher.idle(Duration::from_secs(1)).await.unwrap();
+        let stats = publisher.stats();
+        assert!(
+            (2_500_000..=stats.bytes_sent).contains(&u64::from(stats.acknowledged_bytes)),
+            "{stats:?}"
+        );
+        publisher.finish().await.unwrap();
         origin.stop().await;
     })
     .await

@@ -6,11 +6,13 @@
 //! `ChunkDeserializer` keeps a single partial-payload buffer for all chunk streams, so such input
 //! appends audio bytes to the video frame and then misreads payload as headers.
 //!
-//! [`Dechunker`] sits between the socket and `ServerSession::handle_input`: it parses the wire's
-//! chunk headers with per-chunk-stream state, reassembles each message on its own chunk stream
-//! and re-emits it as contiguous chunks (a format-0 header, then format-3 continuations) at the
-//! chunk size the session believes. The session then never sees interleaving, and needs no
-//! header state of its own because every message starts with a full header.
+//! [`Dechunker`] parses the wire's chunk headers with per-chunk-stream state and reassembles
+//! each message on its own chunk stream ([`Dechunker::push_messages`]). The connection packages
+//! audio and video messages itself; the others it re-encodes as contiguous chunks (a format-0
+//! header, then format-3 continuations, [`Message::write_chunks`]) at the chunk size the
+//! session believes, for `ServerSession::handle_input`. The session then never sees
+//! interleaving, and needs no header state of its own because every message starts with a full
+//! header. ([`Dechunker::push`] does both steps for a whole input.)
 //!
 //! It also bounds what a peer can make us hold: chunk sizes above [`MAX_CHUNK_SIZE`], messages
 //! above [`DechunkLimits::max_message_bytes`], too many chunk streams or too many buffered bytes

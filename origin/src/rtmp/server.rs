@@ -2,24 +2,34 @@
 //!
 //! Per connection, top to bottom ([`handle_connection`]): handshake (bounded by
 //! `handshake_timeout_ms`), then every socket read goes through the [`Dechunker`] (interleaved
-//! chunk streams made contiguous, memory bounded) into rml_rtmp's `ServerSession`, and each event
-//! it raises is handled in `Connection::event`: connect (app name checked), publish (name
-//! validated, authorized, registered with the [`Hub`]), media (codec checked, forwarded to the
-//! stream), metadata (codecs checked), unpublish.
+//! chunk streams reassembled, memory bounded) and each message it completes takes one of two
+//! paths (`Connection::input`):
+//!
+//! - audio and video on the publishing stream (`Connection::media`): codec checked, then
+//!   packaged right here through the stream's [`Publication`]. This is nearly every message,
+//!   so it is parsed once, by the Dechunker: handing it to rml_rtmp as well, then to another
+//!   task, was a second parse and a task wakeup per message, a third of the origin's CPU
+//!   (bench/RESULTS.md, issue 2);
+//! - everything else goes, re-chunked, to rml_rtmp's `ServerSession`, and each event it raises
+//!   is handled in `Connection::event`: connect (app name checked), publish (name validated,
+//!   authorized, registered with the [`Hub`]), metadata (codecs checked), unpublish. Window
+//!   Acknowledgement Size, which used to make the session acknowledge the bytes it saw, is
+//!   kept here: [`AckWindow`] acknowledges every byte read.
 //!
 //! Every failure ends that connection only, with one log line naming the stage
-//! ([`ConnectionError::as_str`]) in the connection's span (peer, app, stream). A connection that
-//! goes silent for `idle_timeout_ms`, or publishes without a keyframe for `keyframe_timeout_ms`,
-//! is closed. A refused peer (app, name, auth, busy stream, codec) first gets an RTMP error
-//! status and up to a second to read it.
+//! ([`ConnectionError::as_str`]) in the connection's span (peer, app, stream). That span is
+//! entered for the session path and the log lines, not around every poll of the connection
+//! (a measured 4 % of the origin's CPU). A connection that goes silent for `idle_timeout_ms`,
+//! or publishes without a keyframe for `keyframe_timeout_ms`, is closed. A refused peer (app,
+//! name, auth, busy stream, codec) first gets an RTMP error status and up to a second to read
+//! it.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use rml_rtmp::chunk_io::ChunkSerializer;
+use rml_rtmp::chunk_io::{ChunkSerializer, Packet};
 use rml_rtmp::handshake::{Handshake, HandshakeError, HandshakeProcessResult, PeerType};
 use rml_rtmp::messages::RtmpMessage;
 use rml_rtmp::rml_amf0::Amf0Value;
@@ -31,10 +41,12 @@ use rml_rtmp::time::RtmpTimestamp;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
-use tracing::Instrument;
+use tracing::{Instrument, Span};
 
+use super::ack::{AckWindow, MalformedWindowAckSize, Outbound, TYPE_WINDOW_ACK_SIZE};
 use super::auth::{AuthError, Authorizer, PublishRequest};
-use super::dechunk::{DechunkError, Dechunker};
+use super::dechunk::{DechunkError, Dechunker, Message};
+use super::socket::{Socket, Ticker};
 use crate::config::RtmpConfig;
 use crate::hub::{Hub, HubError, Publication};
 use crate::media::flv::{audio_codec_name, video_codec_name};
@@ -45,6 +57,10 @@ use crate::store::StreamName;
 const CODEC_AVC: u8 = 7;
 /// FLV AUDIODATA sound format of AAC.
 const CODEC_AAC: u8 = 10;
+/// RTMP message type of audio (an FLV AUDIODATA body).
+const TYPE_AUDIO: u8 = 8;
+/// RTMP message type of video (an FLV VIDEODATA body).
+const TYPE_VIDEO: u8 = 9;
 /// The chunk size our session announces (rml_rtmp's default); our own error messages use it too.
 const OUR_CHUNK_SIZE: u32 = 4096;
 /// Bytes read from the socket at a time.
@@ -68,6 +84,9 @@ pub enum ConnectionError {
     /// rml_rtmp refused the input.
     #[error("rtmp session: {0}")]
     Session(#[from] ServerSessionError),
+    /// A Window Acknowledgement Size message was malformed.
+    #[error("control message: {0}")]
+    Control(#[from] MalformedWindowAckSize),
     /// The peer connected to an application other than the configured one.
     #[error("unknown application {0:?}")]
     WrongApp(String),
@@ -116,9 +135,11 @@ impl ConnectionError {
             Self::HandshakeTimeout(_) => "handshake_timeout",
             Self::Dechunk(_) => "dechunk",
             Self::Session(_) => "session",
+            Self::Control(_) => "control",
             Self::WrongApp(_) => "wrong_app",
             Self::BadName(_) => "bad_name",
             Self::Unauthorized(_) => "unauthorized",
+            Self::Hub(HubError::MediaRefused(_)) => "media",
             Self::Hub(_) => "hub",
             Self::UnsupportedCodec(_) => "unsupported_codec",
             Self::Idle(_) => "idle",
@@ -137,6 +158,8 @@ pub struct RtmpContext {
     pub hub: Arc<Hub>,
     /// Publish authorization.
     pub auth: Authorizer,
+    /// The tick publishing connections read on (`read_interval_ms`).
+    pub ticker: Arc<Ticker>,
 }
 
 /// Accepts RTMP connections until `shutdown` resolves; then drops every connection.
@@ -167,41 +190,49 @@ pub async fn serve(
             app = tracing::field::Empty,
             stream = tracing::field::Empty
         );
-        conns.spawn(
-            async move {
-                tracing::debug!("connection accepted");
-                match handle_connection(socket, peer, &ctx).await {
-                    Ok(()) => tracing::info!("connection closed by peer"),
-                    Err(e) => tracing::warn!(stage = e.as_str(), error = %e, "connection closed"),
+        // Not `.instrument(span)`: that enters the span on every poll, i.e. every read.
+        conns.spawn(async move {
+            tracing::debug!(parent: &span, "connection accepted");
+            match handle_connection(socket, peer, &ctx, span.clone()).await {
+                Ok(()) => tracing::info!(parent: &span, "connection closed by peer"),
+                Err(e) => {
+                    tracing::warn!(parent: &span, stage = e.as_str(), error = %e, "connection closed")
                 }
             }
-            .instrument(span),
-        );
+        });
     }
     conns.shutdown().await;
     Ok(())
 }
 
-/// One RTMP connection, from handshake to close.
+/// One RTMP connection, from handshake to close. `span` (peer, app, stream) is entered for
+/// its log lines; the caller logs the result in it.
 pub async fn handle_connection(
     mut socket: TcpStream,
     peer: SocketAddr,
     ctx: &RtmpContext,
+    span: Span,
 ) -> Result<(), ConnectionError> {
     let _ = socket.set_nodelay(true);
     let handshake_timeout = Duration::from_millis(ctx.config.handshake_timeout_ms);
-    let leftover = tokio::time::timeout(handshake_timeout, handshake(&mut socket))
-        .await
-        .map_err(|_| ConnectionError::HandshakeTimeout(handshake_timeout))??;
+    let (leftover, handshake_bytes) =
+        tokio::time::timeout(handshake_timeout, handshake(&mut socket))
+            .await
+            .map_err(|_| ConnectionError::HandshakeTimeout(handshake_timeout))??;
 
     let (session, initial) = ServerSession::new(ServerSessionConfig::new())?;
     let mut conn = Connection {
         ctx,
         peer,
-        socket,
+        span,
+        socket: Socket::new(socket),
         session,
         dechunker: Dechunker::new(),
+        ack: AckWindow::new(handshake_bytes),
+        outbound: Outbound::default(),
+        session_stream_id: 0,
         publication: None,
+        publish_stream_id: 0,
         keyframe_deadline: None,
         app: String::new(),
     };
@@ -229,16 +260,19 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-/// Runs the server side of the RTMP handshake; returns bytes the peer sent after it.
-async fn handshake(socket: &mut TcpStream) -> Result<Vec<u8>, ConnectionError> {
+/// Runs the server side of the RTMP handshake; returns the bytes the peer sent after it, and
+/// how many bytes it sent in all (the count acknowledgements start from).
+async fn handshake(socket: &mut TcpStream) -> Result<(Vec<u8>, u64), ConnectionError> {
     let mut handshake = Handshake::new(PeerType::Server);
     // The handshake is 1 + 1536 + 1536 bytes from the peer; no need for a big buffer.
     let mut buf = [0u8; 4096];
+    let mut received = 0;
     loop {
         let n = socket.read(&mut buf).await?;
         if n == 0 {
             return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
         }
+        received += n as u64;
         match handshake.process_bytes(&buf[..n])? {
             HandshakeProcessResult::InProgress { response_bytes } => {
                 socket.write_all(&response_bytes).await?;
@@ -248,7 +282,8 @@ async fn handshake(socket: &mut TcpStream) -> Result<Vec<u8>, ConnectionError> {
                 remaining_bytes,
             } => {
                 socket.write_all(&response_bytes).await?;
-                return Ok(remaining_bytes);
+                let handshake_bytes = received - remaining_bytes.len() as u64;
+                return Ok((remaining_bytes, handshake_bytes));
             }
         }
     }
@@ -257,10 +292,19 @@ async fn handshake(socket: &mut TcpStream) -> Result<Vec<u8>, ConnectionError> {
 struct Connection<'a> {
     ctx: &'a RtmpContext,
     peer: SocketAddr,
-    socket: TcpStream,
+    span: Span,
+    socket: Socket,
     session: ServerSession,
     dechunker: Dechunker,
+    ack: AckWindow,
+    outbound: Outbound,
+    /// The message stream of the message the session is handling: the stream a publish
+    /// command publishes on (rml_rtmp's event does not say).
+    session_stream_id: u32,
     publication: Option<Publication>,
+    /// The message stream the publish was made on; media on others is ignored, as rml_rtmp
+    /// did.
+    publish_stream_id: u32,
     /// Set while publishing and no keyframe has arrived yet.
     keyframe_deadline: Option<Instant>,
     app: String,
@@ -275,8 +319,25 @@ impl Connection<'_> {
     ) -> Result<(), ConnectionError> {
         self.results(initial).await?;
         self.input(leftover).await?;
-        let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
         let mut buf = vec![0u8; READ_BUFFER_BYTES];
+        let paced = self.ctx.config.read_interval_ms > 0;
+        loop {
+            let open = if self.publication.is_some() && paced {
+                self.read_paced(&mut buf).await?
+            } else {
+                self.read_registered(&mut buf).await?
+            };
+            if !open {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads bytes as they arrive until the peer closes (`false`) or, with pacing on, a
+    /// publish starts (`true`).
+    async fn read_registered(&mut self, buf: &mut [u8]) -> Result<bool, ConnectionError> {
+        let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
+        let paced = self.ctx.config.read_interval_ms > 0;
         // One idle timer for the connection, pushed back only when it fires: a timeout around
         // every read would register and cancel a timer per RTMP message.
         let mut last_read = Instant::now();
@@ -285,13 +346,16 @@ impl Connection<'_> {
         loop {
             let keyframe_deadline = self.keyframe_deadline;
             tokio::select! {
-                read = self.socket.read(&mut buf) => {
+                read = self.socket.read(buf) => {
                     let n = read?;
                     if n == 0 {
-                        return Ok(());
+                        return Ok(false);
                     }
                     last_read = Instant::now();
                     self.input(&buf[..n]).await?;
+                    if paced && self.publication.is_some() {
+                        return Ok(true);
+                    }
                 }
                 () = &mut idle_timer => {
                     let deadline = last_read + idle;
@@ -301,12 +365,60 @@ impl Connection<'_> {
                     idle_timer.as_mut().reset(deadline);
                 }
                 reason = kicked(&mut self.publication) => return Err(ConnectionError::Kicked(reason)),
-                () = sleep_until(keyframe_deadline) => {
-                    let waited = Duration::from_millis(self.ctx.config.keyframe_timeout_ms);
-                    return Err(ConnectionError::NoKeyframe(waited));
-                }
+                () = sleep_until(keyframe_deadline) => return Err(self.no_keyframe()),
             }
         }
+    }
+
+    /// Reads the socket on every tick of the shared [`Ticker`] until the peer closes
+    /// (`false`) or the publish ends (`true`); see [`super::socket`].
+    async fn read_paced(&mut self, buf: &mut [u8]) -> Result<bool, ConnectionError> {
+        self.socket.pace()?;
+        let idle = Duration::from_millis(self.ctx.config.idle_timeout_ms);
+        let mut ticks = self.ctx.ticker.subscribe();
+        let mut last_read = Instant::now();
+        loop {
+            if ticks.changed().await.is_err() {
+                // The ticker lives as long as the context; only a shutdown drops it.
+                return Ok(false);
+            }
+            let now = *ticks.borrow_and_update();
+            if let Some(reason) = self.publication.as_mut().and_then(Publication::try_kicked) {
+                return Err(ConnectionError::Kicked(reason));
+            }
+            if self
+                .keyframe_deadline
+                .is_some_and(|deadline| now >= deadline)
+            {
+                return Err(self.no_keyframe());
+            }
+            // Drain what arrived since the last tick: a full buffer means there may be more.
+            loop {
+                let n = match self.socket.try_read(buf) {
+                    Ok(0) => return Ok(false),
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                last_read = now;
+                self.input(&buf[..n]).await?;
+                if self.publication.is_none() {
+                    self.socket.register()?;
+                    return Ok(true);
+                }
+                if n < buf.len() {
+                    break;
+                }
+            }
+            if now.duration_since(last_read) >= idle {
+                return Err(ConnectionError::Idle(idle));
+            }
+        }
+    }
+
+    fn no_keyframe(&self) -> ConnectionError {
+        ConnectionError::NoKeyframe(Duration::from_millis(self.ctx.config.keyframe_timeout_ms))
     }
 
     /// Half-closes and drains the socket for up to [`LINGER`]: closing at once would make a
@@ -322,20 +434,53 @@ impl Connection<'_> {
         .await;
     }
 
+    /// Bytes read from the socket: acknowledged when the peer's window fills, reassembled into
+    /// messages, and each message taken, in order, down the media or the session path.
     async fn input(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
-        let contiguous = self.dechunker.push(bytes)?;
-        if contiguous.is_empty() {
-            return Ok(());
+        if let Some(sequence_number) = self.ack.received(bytes.len()) {
+            let ack = self.outbound.acknowledgement(sequence_number);
+            self.socket.write_all(&ack).await?;
         }
-        let results = self.session.handle_input(&contiguous)?;
-        self.results(results).await
+        for message in self.dechunker.push_messages(bytes)? {
+            match message.header.type_id {
+                TYPE_AUDIO | TYPE_VIDEO => self.media(message).await?,
+                TYPE_WINDOW_ACK_SIZE => self.ack.set_window(&message.payload)?,
+                _ => self.session_message(message).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands one message (a command, metadata, control: a handful per connection) to the
+    /// session, re-chunked, and acts on what it returns, in the connection's span.
+    async fn session_message(&mut self, message: Message) -> Result<(), ConnectionError> {
+        let span = self.span.clone();
+        async {
+            self.session_stream_id = message.header.message_stream_id;
+            let mut bytes = Vec::with_capacity(message.payload.len() + 32);
+            message.write_chunks(|head, body| {
+                bytes.extend_from_slice(head);
+                bytes.extend_from_slice(body);
+            });
+            let results = self.session.handle_input(&bytes)?;
+            self.results(results).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Writes a packet the session produced.
+    async fn write_packet(&mut self, packet: &Packet) -> Result<(), ConnectionError> {
+        let bytes = self.outbound.session_bytes(&packet.bytes)?;
+        self.socket.write_all(&bytes).await?;
+        Ok(())
     }
 
     async fn results(&mut self, results: Vec<ServerSessionResult>) -> Result<(), ConnectionError> {
         for result in results {
             match result {
                 ServerSessionResult::OutboundResponse(packet) => {
-                    self.socket.write_all(&packet.bytes).await?;
+                    self.write_packet(&packet).await?;
                 }
                 ServerSessionResult::RaisedEvent(event) => {
                     let more = self.event(event).await?;
@@ -354,7 +499,7 @@ impl Connection<'_> {
     async fn send(&mut self, results: Vec<ServerSessionResult>) -> Result<(), ConnectionError> {
         for r in results {
             if let ServerSessionResult::OutboundResponse(packet) = r {
-                self.socket.write_all(&packet.bytes).await?;
+                self.write_packet(&packet).await?;
             }
         }
         Ok(())
@@ -386,7 +531,10 @@ impl Connection<'_> {
                 request_id,
                 stream_key,
                 ..
-            } => self.publish(request_id, &stream_key).await,
+            } => {
+                self.publish_stream_id = self.session_stream_id;
+                self.publish(request_id, &stream_key).await
+            }
             ServerSessionEvent::PublishStreamFinished { .. } => {
                 tracing::info!("publisher sent unpublish");
                 self.publication = None;
@@ -395,18 +543,6 @@ impl Connection<'_> {
             }
             ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
                 self.check_metadata(&metadata).await?;
-                Ok(Vec::new())
-            }
-            ServerSessionEvent::VideoDataReceived {
-                data, timestamp, ..
-            } => {
-                self.video(data, timestamp).await?;
-                Ok(Vec::new())
-            }
-            ServerSessionEvent::AudioDataReceived {
-                data, timestamp, ..
-            } => {
-                self.audio(data, timestamp).await?;
                 Ok(Vec::new())
             }
             ServerSessionEvent::PlayStreamRequested { request_id, .. } => {
@@ -510,11 +646,25 @@ impl Connection<'_> {
         Ok(())
     }
 
-    async fn video(&mut self, data: Bytes, ts: RtmpTimestamp) -> Result<(), ConnectionError> {
-        if self.publication.is_none() || data.is_empty() {
+    /// An audio or video message: packaged if it belongs to this connection's publish; like
+    /// rml_rtmp's session, media before the publish or on another message stream is ignored.
+    async fn media(&mut self, message: Message) -> Result<(), ConnectionError> {
+        if self.publication.is_none()
+            || message.header.message_stream_id != self.publish_stream_id
+            || message.payload.is_empty()
+        {
             return Ok(());
         }
-        match video_codec_id(&data) {
+        let ts_ms = message.header.timestamp;
+        if message.header.type_id == TYPE_VIDEO {
+            self.video(ts_ms, &message.payload).await
+        } else {
+            self.audio(ts_ms, &message.payload).await
+        }
+    }
+
+    async fn video(&mut self, ts_ms: u32, data: &[u8]) -> Result<(), ConnectionError> {
+        match video_codec_id(data) {
             Some(CODEC_AVC) => {}
             Some(other) => {
                 return self
@@ -537,16 +687,13 @@ impl Connection<'_> {
             self.keyframe_deadline = None;
         }
         if let Some(p) = &self.publication {
-            p.video(ts.value, data).await?;
+            p.video(ts_ms, data).await?;
         }
         Ok(())
     }
 
-    async fn audio(&mut self, data: Bytes, ts: RtmpTimestamp) -> Result<(), ConnectionError> {
-        if self.publication.is_none() || data.is_empty() {
-            return Ok(());
-        }
-        match audio_codec_id(&data) {
+    async fn audio(&mut self, ts_ms: u32, data: &[u8]) -> Result<(), ConnectionError> {
+        match audio_codec_id(data) {
             Some(CODEC_AAC) => {}
             Some(other) => {
                 return self
@@ -559,7 +706,7 @@ impl Connection<'_> {
             None => return self.refuse_codec("unrecognised audio tag".to_owned()).await,
         }
         if let Some(p) = &self.publication {
-            p.audio(ts.value, data).await?;
+            p.audio(ts_ms, data).await?;
         }
         Ok(())
     }
