@@ -35,6 +35,7 @@ pub mod kv;
 pub mod loadtest;
 pub mod metrics;
 pub mod player;
+pub mod resolve;
 pub mod rules;
 pub mod service;
 pub mod storage;

@@ -26,6 +26,7 @@ use thiserror::Error;
 
 use crate::health::{HealthCheckConfig, HealthChecker, StalePlaylistConfig};
 use crate::metrics::Metrics;
+use crate::resolve::Resolver;
 
 /// Errors building the upstream groups, named by the stage that failed.
 #[derive(Debug, Error)]
@@ -60,7 +61,9 @@ pub enum UpstreamError {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct OriginConfig {
-    /// `host:port` of the origin; a host name is resolved once at startup. Default `127.0.0.1:8081`.
+    /// `host:port` of the origin. A host name is resolved at startup (failing startup if it
+    /// does not resolve) and again every `resolve_interval_ms` of its group. Default
+    /// `127.0.0.1:8081`.
     pub address: String,
     /// Connect with TLS. Default `false`.
     pub tls: bool,
@@ -149,6 +152,11 @@ pub struct GroupConfig {
     pub health_check: HealthCheckConfig,
     /// Optional stale-playlist detector; off by default.
     pub stale_playlist: Option<StalePlaylistConfig>,
+    /// How often a host name in an origin's address is resolved again, milliseconds: origins
+    /// behind DNS (a load balancer, a failover record) change addresses. A changed answer is
+    /// used for new connections; a failed lookup keeps the last address, with a log line.
+    /// Default 30000; 0 resolves only at startup. Addresses given as IPs are never looked up.
+    pub resolve_interval_ms: u64,
 }
 
 impl Default for GroupConfig {
@@ -165,6 +173,7 @@ impl Default for GroupConfig {
             passive_hold_down_ms: 10_000,
             health_check: HealthCheckConfig::default(),
             stale_playlist: None,
+            resolve_interval_ms: 30_000,
         }
     }
 }
@@ -195,6 +204,12 @@ impl GroupConfig {
         }
         if self.passive_failures_to_down == 0 {
             return Err(invalid("passive_failures_to_down", "must be at least 1"));
+        }
+        if (1..1000).contains(&self.resolve_interval_ms) {
+            return Err(invalid(
+                "resolve_interval_ms",
+                "must be 0 (startup only) or at least 1000",
+            ));
         }
         for (key, origin) in [
             ("primary", Some(&self.primary)),
@@ -419,11 +434,16 @@ struct OriginState {
 struct Origin {
     id: OriginId,
     config: OriginConfig,
-    address: SocketAddr,
+    /// The resolved address; a name is resolved again every `resolve_interval_ms`.
+    address: Mutex<SocketAddr>,
     state: Mutex<OriginState>,
 }
 
 impl Origin {
+    fn address(&self) -> SocketAddr {
+        *self.address.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, OriginState> {
         // The state is a handful of counters, consistent after any panic; keep serving.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -499,7 +519,7 @@ impl Group {
             origins.push(Origin {
                 id,
                 config: origin.clone(),
-                address,
+                address: Mutex::new(address),
                 state: Mutex::new(OriginState {
                     health: Hysteresis::new(config.health_check.rise, config.health_check.fall),
                     passive_failures: 0,
@@ -513,6 +533,30 @@ impl Group {
             origins,
             metrics,
         })
+    }
+
+    /// Each origin's configured `host:port` whose host is a name (not an IP), to resolve again.
+    pub(crate) fn named_origins(&self) -> Vec<(OriginId, String)> {
+        self.origins
+            .iter()
+            .filter(|o| {
+                let host = o.config.address.rsplit_once(':').map_or("", |(h, _)| h);
+                host.trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_err()
+            })
+            .map(|o| (o.id, o.config.address.clone()))
+            .collect()
+    }
+
+    /// Points `origin` at `address` for new connections; returns the previous address.
+    pub(crate) fn set_address(&self, origin: OriginId, address: SocketAddr) -> SocketAddr {
+        let origin = self.origin(origin);
+        let mut current = origin
+            .address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut current, address)
     }
 
     /// The group's name.
@@ -624,7 +668,7 @@ impl Group {
     pub(crate) fn peer(&self, origin: OriginId, first_byte: Duration) -> Box<HttpPeer> {
         let origin = self.origin(origin);
         let mut peer = HttpPeer::new(
-            origin.address,
+            origin.address(),
             origin.config.tls,
             origin.config.server_name().to_string(),
         );
@@ -784,15 +828,25 @@ impl Upstreams {
     /// One pingora background service per group with active checks enabled; add them with
     /// `Server::add_services`.
     pub fn background_services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
-        self.groups
+        let checks = self
+            .groups
             .iter()
             .filter(|g| g.config.health_check.enabled)
             .map(|g| {
                 let name = format!("health checks {}", g.name());
                 Box::new(background_service(&name, HealthChecker::new(Arc::clone(g))))
                     as Box<dyn ServiceWithDependents>
-            })
-            .collect()
+            });
+        let resolvers = self
+            .groups
+            .iter()
+            .filter(|g| g.config.resolve_interval_ms > 0 && !g.named_origins().is_empty())
+            .map(|g| {
+                let name = format!("dns {}", g.name());
+                Box::new(background_service(&name, Resolver::new(Arc::clone(g))))
+                    as Box<dyn ServiceWithDependents>
+            });
+        checks.chain(resolvers).collect()
     }
 
     /// Health of every group for the admin API.
