@@ -445,3 +445,48 @@ async fn a_looping_allocating_trapping_or_lying_module_is_contained_and_everyone
     assert!(log.contains("ran past its CPU deadline"), "{log}");
     assert!(log.contains("over wasm.max_body_bytes"), "{log}");
 }
+
+/// `hook-needs`: an entry whose config leaves a hook out never has it called; another entry of
+/// the same file with its own config still does.
+#[tokio::test]
+async fn hooks_a_module_says_its_config_does_not_need_are_not_called() {
+    let origin = Origin::start().await;
+    origin.set("/a/1.ts", Reply::ok(pattern(100, 1)));
+    origin.set("/b/1.ts", Reply::ok(pattern(100, 2)));
+    let edge = Edge::start(
+        &[("test-guest", "guest")],
+        &format!(
+            "[[wasm.modules]]\nname = \"lean\"\nfile = \"guest\"\n\
+             config = {{ tag = \"lean\", skip-hooks = \"response, body\" }}\n\
+             [[wasm.modules]]\nname = \"full\"\nfile = \"guest\"\nconfig = {{ tag = \"full\" }}\n\
+             [[wasm.chains]]\npath_prefix = \"/a/\"\nmodules = [\"lean\"]\n\
+             [[wasm.chains]]\npath_prefix = \"/b/\"\nmodules = [\"full\"]\n{}",
+            upstream_config(&origin, None)
+        ),
+    )
+    .await;
+    for _ in 0..2 {
+        let lean = get(edge.proxy.addr, "/a/1.ts").await.unwrap();
+        assert_eq!(lean.status, 200);
+        assert_eq!(lean.header("x-test-guest"), None, "response hook skipped");
+        let full = get(edge.proxy.addr, "/b/1.ts").await.unwrap();
+        assert_eq!(full.header("x-test-guest"), Some("full"));
+    }
+    let body = String::from_utf8(get(edge.metrics, "/metrics").await.unwrap().body).unwrap();
+    let calls = |module: &str, hook: &str| {
+        body.lines()
+            .find(|l| {
+                l.starts_with("parallax_module_calls_total")
+                    && l.contains(&format!("module=\"{module}\""))
+                    && l.contains(&format!("hook=\"{hook}\""))
+                    && l.contains("outcome=\"ok\"")
+            })
+            .and_then(|l| l.rsplit(' ').next())
+            .map(str::to_owned)
+    };
+    assert_eq!(calls("lean", "request").as_deref(), Some("2"), "{body}");
+    assert_eq!(calls("lean", "response").as_deref(), Some("0"), "{body}");
+    assert_eq!(calls("full", "response").as_deref(), Some("2"), "{body}");
+    let modules = String::from_utf8(edge.admin("GET", "/modules").await.body).unwrap();
+    assert!(modules.contains("hook-needs"), "{modules}");
+}

@@ -16,6 +16,7 @@ pub mod bindings {
                 export parallax:policy/request-hook@0.2.0;
                 export parallax:policy/response-hook@0.2.0;
                 export parallax:policy/self-test@0.2.0;
+                export parallax:policy/hook-needs@0.2.0;
             }
         "#,
         path: "../../wit",
@@ -26,7 +27,7 @@ pub mod bindings {
     });
 }
 
-use bindings::exports::parallax::policy::{request_hook, response_hook, self_test};
+use bindings::exports::parallax::policy::{hook_needs, request_hook, response_hook, self_test};
 use bindings::parallax::policy::types::{Header, HeaderChanges, Request, RequestAction, Response};
 use bindings::parallax::policy::{config, counters, kv, log, upstreams};
 
@@ -134,6 +135,17 @@ impl response_hook::Guest for RegionSteer {
                 set: Vec::new(),
                 append: Vec::new(),
             },
+        }
+    }
+}
+
+impl hook_needs::Guest for RegionSteer {
+    /// The response hook only sets the sticky cookie: with `sticky-cookie` empty it is not
+    /// called at all.
+    fn needed() -> hook_needs::Hooks {
+        match config() {
+            Ok(config) if config.sticky_cookie.is_none() => hook_needs::Hooks::REQUEST,
+            _ => hook_needs::Hooks::REQUEST | hook_needs::Hooks::RESPONSE,
         }
     }
 }

@@ -26,6 +26,7 @@ mod bindings {
                 export parallax:policy/response-hook@0.2.0;
                 export parallax:policy/body-hook@0.2.0;
                 export parallax:policy/self-test@0.2.0;
+                export parallax:policy/hook-needs@0.2.0;
             }
         "#,
         path: "../../wit",
@@ -33,7 +34,9 @@ mod bindings {
     });
 }
 
-use bindings::exports::parallax::policy::{body_hook, request_hook, response_hook, self_test};
+use bindings::exports::parallax::policy::{
+    body_hook, hook_needs, request_hook, response_hook, self_test,
+};
 use bindings::parallax::policy::types::{
     BodyAction, Header, HeaderChanges, LocalResponse, Request, RequestAction, Response,
 };
@@ -132,6 +135,24 @@ impl body_hook::Guest for TestGuest {
             }
             _ => BodyAction::Unchanged,
         }
+    }
+}
+
+impl hook_needs::Guest for TestGuest {
+    /// Every hook, minus those named in config `skip-hooks` (comma-separated).
+    fn needed() -> hook_needs::Hooks {
+        let skip = config::get("skip-hooks").unwrap_or_default();
+        let mut hooks = hook_needs::Hooks::empty();
+        for (name, hook) in [
+            ("request", hook_needs::Hooks::REQUEST),
+            ("response", hook_needs::Hooks::RESPONSE),
+            ("body", hook_needs::Hooks::BODY),
+        ] {
+            if !skip.split(',').any(|s| s.trim() == name) {
+                hooks = hooks | hook;
+            }
+        }
+        hooks
     }
 }
 

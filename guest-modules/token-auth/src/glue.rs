@@ -16,6 +16,7 @@ pub mod bindings {
                 export parallax:policy/request-hook@0.2.0;
                 export parallax:policy/response-hook@0.2.0;
                 export parallax:policy/self-test@0.2.0;
+                export parallax:policy/hook-needs@0.2.0;
             }
         "#,
         path: "../../wit",
@@ -24,7 +25,7 @@ pub mod bindings {
     });
 }
 
-use bindings::exports::parallax::policy::{request_hook, response_hook, self_test};
+use bindings::exports::parallax::policy::{hook_needs, request_hook, response_hook, self_test};
 use bindings::parallax::policy::types::{Header, HeaderChanges, Request, RequestAction, Response};
 use bindings::parallax::policy::{clock, config, counters, log};
 
@@ -99,6 +100,19 @@ impl response_hook::Guest for TokenAuth {
                 set: Vec::new(),
                 append: Vec::new(),
             },
+        }
+    }
+}
+
+impl hook_needs::Guest for TokenAuth {
+    /// The response hook only issues the session cookie: without `session-cookie` it is not
+    /// called at all.
+    fn needed() -> hook_needs::Hooks {
+        match config() {
+            Ok(config) if config.session_cookie => {
+                hook_needs::Hooks::REQUEST | hook_needs::Hooks::RESPONSE
+            }
+            _ => hook_needs::Hooks::REQUEST,
         }
     }
 }

@@ -35,7 +35,7 @@ mod generated {
 /// The WIT types the request path converts to and from, and the export bindings.
 pub mod wit {
     pub use super::generated::exports::parallax::policy::{
-        body_hook, request_hook, response_hook, self_test,
+        body_hook, hook_needs, request_hook, response_hook, self_test,
     };
     pub use super::generated::parallax::policy::types::{
         BodyAction, Header, HeaderChanges, HostRequest, HostResponse, LocalResponse, Redirect,

@@ -47,6 +47,8 @@ pub const RESPONSE_HOOK: &str = "parallax:policy/response-hook@0.2.0";
 pub const BODY_HOOK: &str = "parallax:policy/body-hook@0.2.0";
 /// See [`REQUEST_HOOK`].
 pub const SELF_TEST: &str = "parallax:policy/self-test@0.2.0";
+/// See [`REQUEST_HOOK`].
+pub const HOOK_NEEDS: &str = "parallax:policy/hook-needs@0.2.0";
 /// The WIT package these names belong to.
 pub const PACKAGE: &str = "parallax:policy@0.2.0";
 
@@ -281,6 +283,7 @@ struct Exports {
     response: Option<wit::response_hook::GuestIndices>,
     body: Option<wit::body_hook::GuestIndices>,
     self_test: Option<wit::self_test::GuestIndices>,
+    needs: Option<wit::hook_needs::GuestIndices>,
 }
 
 impl Exports {
@@ -313,6 +316,9 @@ impl Exports {
             })?,
             self_test: optional(component, SELF_TEST, || {
                 wit::self_test::GuestIndices::new(pre)
+            })?,
+            needs: optional(component, HOOK_NEEDS, || {
+                wit::hook_needs::GuestIndices::new(pre)
             })?,
         };
         if exports.request.is_none() && exports.response.is_none() && exports.body.is_none() {
@@ -352,6 +358,7 @@ impl Code {
             (e.response.is_some(), "response-hook"),
             (e.body.is_some(), "body-hook"),
             (e.self_test.is_some(), "self-test"),
+            (e.needs.is_some(), "hook-needs"),
         ]
         .into_iter()
         .filter_map(|(has, name)| has.then_some(name))
@@ -506,6 +513,7 @@ pub struct Instance {
     response: Option<wit::response_hook::Guest>,
     body: Option<wit::body_hook::Guest>,
     self_test: Option<wit::self_test::Guest>,
+    needs: Option<wit::hook_needs::Guest>,
 }
 
 /// A module entry bound to one version of its code, with its pool of idle instances.
@@ -520,6 +528,9 @@ pub struct Bound {
     /// `parallax_module_calls_total{outcome="ok"}` per [`Hook`] (in `Hook::ALL` order),
     /// resolved once instead of a label lookup per call.
     ok_calls: [prometheus::IntCounter; 3],
+    /// Whether each [`Hook`] (in `Hook::ALL` order) is exported and, if the module exports
+    /// `hook-needs`, needed under this entry's config.
+    calls: [bool; 3],
 }
 
 impl Bound {
@@ -537,28 +548,43 @@ impl Bound {
                 .module_calls
                 .with_label_values(&[spec.name(), hook.as_str(), "ok"])
         });
-        let bound = Bound {
+        let exports = &code.exports;
+        let exported = [
+            exports.request.is_some(),
+            exports.response.is_some(),
+            exports.body.is_some(),
+        ];
+        let mut bound = Bound {
             spec,
             code,
             runtime,
             services,
             idle: Mutex::new(Vec::new()),
             ok_calls,
+            calls: exported,
         };
         let mut instance = bound
             .instantiate()
             .map_err(|e| ModuleError::Instantiate(e.to_string()))?;
+        let self_test = |reason: String| ModuleError::SelfTest {
+            module: bound.spec.name().to_owned(),
+            reason,
+        };
         if let Some(test) = &instance.self_test {
-            let self_test = |reason: String| ModuleError::SelfTest {
-                module: bound.spec.name().to_owned(),
-                reason,
-            };
             bound.start_call(&mut instance.store);
             match contained(|| test.call_run(&mut instance.store)) {
                 Ok(Ok(())) => {}
                 Ok(Err(message)) => return Err(self_test(message)),
                 Err(e) => return Err(self_test(e.to_string())),
             }
+        }
+        if let Some(needs) = &instance.needs {
+            bound.start_call(&mut instance.store);
+            let needed = contained(|| needs.call_needed(&mut instance.store))
+                .map_err(|e| self_test(format!("hook-needs: {e}")))?;
+            use wit::hook_needs::Hooks;
+            let wanted = [Hooks::REQUEST, Hooks::RESPONSE, Hooks::BODY].map(|h| needed & h == h);
+            bound.calls = std::array::from_fn(|i| exported[i] && wanted[i]);
         }
         bound.put_back(instance);
         Ok(Arc::new(bound))
@@ -569,19 +595,20 @@ impl Bound {
         self.ok_calls[hook as usize].inc();
     }
 
-    /// Whether this version exports the request hook.
+    /// Whether the request hook is to be called: exported, and needed (WIT `hook-needs`).
     pub fn has_request_hook(&self) -> bool {
-        self.code.exports.request.is_some()
+        self.calls[Hook::Request as usize]
     }
 
-    /// Whether this version exports the response hook.
+    /// Whether the response hook is to be called: exported, and needed.
     pub fn has_response_hook(&self) -> bool {
-        self.code.exports.response.is_some()
+        self.calls[Hook::Response as usize]
     }
 
-    /// Whether this version exports the body hook for `stage`.
+    /// Whether the body hook is to be called for `stage`: exported, needed, and configured for
+    /// that stage.
     pub fn has_body_hook(&self, stage: BodyStage) -> bool {
-        self.code.exports.body.is_some() && self.spec.body_stage == stage
+        self.calls[Hook::Body as usize] && self.spec.body_stage == stage
     }
 
     fn instantiate(&self) -> Result<Instance, CallError> {
@@ -619,11 +646,16 @@ impl Bound {
             .self_test
             .as_ref()
             .map(|i| i.load(&mut store, &instance));
+        let needs = exports
+            .needs
+            .as_ref()
+            .map(|i| i.load(&mut store, &instance));
         Ok(Instance {
             request: request.transpose().map_err(fail)?,
             response: response.transpose().map_err(fail)?,
             body: body.transpose().map_err(fail)?,
             self_test: self_test.transpose().map_err(fail)?,
+            needs: needs.transpose().map_err(fail)?,
             store,
         })
     }
