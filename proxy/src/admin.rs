@@ -157,6 +157,20 @@ pub trait CacheAdmin: Send + Sync {
     ) -> Result<usize, AdminError>;
     /// Purges every object whose path starts with `prefix` on `host`.
     fn purge_prefix(&self, host: Option<&str>, prefix: &str) -> Result<usize, AdminError>;
+    /// [`CacheAdmin::purge_prefix`] of `path` when `prefix`, else [`CacheAdmin::purge_url`].
+    fn purge(
+        &self,
+        host: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+        prefix: bool,
+    ) -> Result<usize, AdminError> {
+        if prefix {
+            self.purge_prefix(host, path)
+        } else {
+            self.purge_url(host, path, query)
+        }
+    }
     /// Sizes and counters, as JSON.
     fn stats(&self) -> serde_json::Value;
 }
@@ -504,11 +518,11 @@ impl AdminApp {
             fleet = fleet.is_some(),
             "purge"
         );
-        let purged = match if prefix {
-            self.state.cache.purge_prefix(host, target.path)
-        } else {
-            self.state.cache.purge_url(host, target.path, target.query)
-        } {
+        let purged = match self
+            .state
+            .cache
+            .purge(host, target.path, target.query, prefix)
+        {
             Ok(purged) => purged,
             Err(e) => return bad(&e.to_string()),
         };

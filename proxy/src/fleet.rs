@@ -38,18 +38,6 @@ pub struct PurgeOrder {
     pub prefix: bool,
 }
 
-impl PurgeOrder {
-    /// Applies the order to `cache`: how many objects were dropped.
-    fn apply(&self, cache: &dyn CacheAdmin) -> Result<usize, crate::admin::AdminError> {
-        let host = self.host.as_deref();
-        if self.prefix {
-            cache.purge_prefix(host, &self.path)
-        } else {
-            cache.purge_url(host, &self.path, self.query.as_deref())
-        }
-    }
-}
-
 /// This node's end of the fleet's purge channel.
 pub struct Fleet {
     redis: Arc<RedisKv>,
@@ -97,17 +85,18 @@ fn receive(payload: &str, node: u64, cache: &dyn CacheAdmin) {
     let order: PurgeOrder = match serde_json::from_str(payload) {
         Ok(order) => order,
         Err(e) => {
-            tracing::warn!(error = %e, payload = %truncated(payload), "malformed fleet purge ignored");
+            tracing::warn!(error = %e, payload = &payload[..payload.floor_char_boundary(200)], "malformed fleet purge ignored");
             return;
         }
     };
     if order.node == node {
         return;
     }
-    match order.apply(cache) {
+    let host = order.host.as_deref();
+    match cache.purge(host, &order.path, order.query.as_deref(), order.prefix) {
         Ok(purged) => tracing::info!(
             from = order.node,
-            host = order.host.as_deref(),
+            host,
             path = order.path,
             prefix = order.prefix,
             purged,
@@ -124,14 +113,6 @@ fn node_id() -> u64 {
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
     hasher.write_u32(std::process::id());
     hasher.finish()
-}
-
-fn truncated(text: &str) -> &str {
-    let mut end = text.len().min(200);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 #[cfg(test)]

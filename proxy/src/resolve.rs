@@ -37,7 +37,8 @@ impl Resolver {
 #[async_trait]
 impl BackgroundService for Resolver {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let interval = Duration::from_millis(self.group.config().resolve_interval_ms.max(1000));
+        // Validated: 0 (no resolver is started) or at least a second.
+        let interval = Duration::from_millis(self.group.config().resolve_interval_ms);
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(interval) => {}

@@ -539,12 +539,7 @@ impl Group {
     pub(crate) fn named_origins(&self) -> Vec<(OriginId, String)> {
         self.origins
             .iter()
-            .filter(|o| {
-                let host = o.config.address.rsplit_once(':').map_or("", |(h, _)| h);
-                host.trim_matches(['[', ']'])
-                    .parse::<std::net::IpAddr>()
-                    .is_err()
-            })
+            .filter(|o| o.config.host().parse::<std::net::IpAddr>().is_err())
             .map(|o| (o.id, o.config.address.clone()))
             .collect()
     }

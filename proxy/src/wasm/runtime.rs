@@ -495,15 +495,8 @@ fn contained<R>(call: impl FnOnce() -> wasmtime::Result<R>) -> Result<R, CallErr
 
 /// The message without wasmtime's multi-line wasm backtrace, for one log line.
 fn first_line(text: &str) -> String {
-    let mut line = text.lines().next().unwrap_or_default().to_owned();
-    if line.len() > 512 {
-        let mut cut = 512;
-        while !line.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        line.truncate(cut);
-    }
-    line
+    let line = text.lines().next().unwrap_or_default();
+    line[..line.floor_char_boundary(512)].to_owned()
 }
 
 /// A live instance and its loaded hook functions.
@@ -724,8 +717,10 @@ impl Bound {
         resp: &mut Option<ResponseView>,
     ) -> Result<wit::HeaderChanges, CallError> {
         self.with_instance(|i| {
-            let (Some(hook), Some(view)) = (&i.response, resp.take_if(|_| i.response.is_some()))
-            else {
+            let Some(hook) = &i.response else {
+                return Ok(no_changes());
+            };
+            let Some(view) = resp.take() else {
                 return Ok(no_changes());
             };
             let table = &mut i.store.data_mut().table;

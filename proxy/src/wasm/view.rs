@@ -249,6 +249,9 @@ mod tests {
         assert_eq!(first(&view.headers, "Cookie").as_deref(), Some("a=1"));
         assert_eq!(values(&view.headers, "cookie"), ["a=1", "b=2"]);
         assert_eq!(first(&view.headers, "x-missing"), None);
+        // Names come from the guest: one that is no valid header name finds nothing.
+        assert_eq!(first(&view.headers, "bad name\n"), None);
+        assert!(values(&view.headers, "").is_empty());
         assert_eq!(header_records(&view.headers).len(), 3);
     }
 
