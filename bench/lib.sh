@@ -9,6 +9,18 @@ trap cleanup EXIT INT TERM
 
 source "$ROOT/scripts/lib.sh"
 
+# The cargo profile benchmarks build and run: `dist` (release + fat LTO, what docs/deployment.md
+# ships). PROFILE=release measures the quicker build instead.
+PROFILE=${PROFILE:-dist}
+BIN_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/$PROFILE"
+
+# build_bins PACKAGE...: builds the packages' binaries in $PROFILE (into $BIN_DIR).
+build_bins() {
+  local args=()
+  for p in "$@"; do args+=(-p "$p"); done
+  (cd "$ROOT" && cargo build --profile "$PROFILE" -q --locked "${args[@]}")
+}
+
 # Resident memory of a process and all its descendants, in MiB.
 tree_rss_mib() {
   local pids; pids=$(pstree -pT "$1" 2>/dev/null | grep -o '([0-9]\+)' | tr -d '()' || echo "$1")

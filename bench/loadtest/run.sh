@@ -24,9 +24,9 @@ chmod 755 "$WORK"  # nginx workers (www-data) write its cache under it
 PIDS+=("")
 
 if [ -z "${PROXY_BIN:-}" ]; then
-  (cd "$ROOT" && cargo build --release -q -p parallax-proxy -p parallax-origin)
+  build_bins parallax-proxy parallax-origin
 fi
-BIN=$(dirname "${PROXY_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/proxy}")
+BIN=$(dirname "${PROXY_BIN:-$BIN_DIR/proxy}")
 
 # The live source: the real origin fed by the built-in publisher (2 s segments, ~0.7 Mbit/s).
 RTMP=$(free_port); ORIGIN=$(free_port)

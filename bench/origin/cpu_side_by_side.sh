@@ -9,8 +9,8 @@
 # Prints CPU seconds per stream per minute of each server's process tree, on one line.
 source "$(dirname "$0")/../lib.sh"
 SECS=${1:-30}; shift || true
-(cd "$ROOT" && cargo build --release -q --locked -p parallax-origin)
-ORIGIN_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/origin"
+build_bins parallax-origin
+ORIGIN_BIN="$BIN_DIR/origin"
 [ $# -gt 0 ] || set -- "$ORIGIN_BIN" nginx
 STREAMS=4
 SERVERS=()

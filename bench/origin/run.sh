@@ -16,8 +16,8 @@ WARMUP=6
 WORK=$(mktemp -d /tmp/parallax-origin-bench.XXXXXX)
 chmod 755 "$WORK"
 
-(cd "$ROOT" && cargo build --release -q --locked -p parallax-origin)
-ORIGIN_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/origin"
+build_bins parallax-origin
+ORIGIN_BIN="$BIN_DIR/origin"
 
 start_parallax() {
   RTMP=$(free_port); HTTP=$(free_port)

@@ -24,8 +24,9 @@ WORK=$(mktemp -d /tmp/parallax-bench.XXXXXX)
 chmod 755 "$WORK"  # varnishd reads the VCL as its own user
 PIDS+=("")
 
-if [[ "${SERVERS:-parallax}" == *parallax* ]]; then (cd "$ROOT" && cargo build --release -q -p parallax-proxy); fi
-PROXY_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release/proxy"
+# PROXY_BIN: measure that binary instead of building this tree's.
+if [[ "${SERVERS:-parallax}" == *parallax* && -z "${PROXY_BIN:-}" ]]; then build_bins parallax-proxy; fi
+PROXY_BIN="${PROXY_BIN:-$BIN_DIR/proxy}"
 
 ORIGIN=$(free_port)
 python3 "$BENCH_DIR/origin.py" --port "$ORIGIN" --delay-ms 200 & PIDS+=($!)

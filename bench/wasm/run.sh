@@ -22,10 +22,11 @@ PIDS+=("")
 
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 # The guests go to the same target dir the proxy's tests build them in.
-[ -n "${PROXY_BIN:-}" ] || (cd "$ROOT" && cargo build --release -q -p parallax-proxy \
-  && cargo build --release -q --locked --target wasm32-wasip2 --target-dir "$TARGET/wasm-guests" \
-       -p token-auth -p region-steer -p playlist-rewrite -p module-template)
-PROXY_BIN="${PROXY_BIN:-$TARGET/release/proxy}"  # set PROXY_BIN to skip the build (dry runs)
+[ -n "${PROXY_BIN:-}" ] || { build_bins parallax-proxy \
+  && (cd "$ROOT" && cargo build --release -q --locked --target wasm32-wasip2 \
+       --target-dir "$TARGET/wasm-guests" -p token-auth -p region-steer -p playlist-rewrite \
+       -p module-template); }
+PROXY_BIN="${PROXY_BIN:-$BIN_DIR/proxy}"  # set PROXY_BIN to skip the build (dry runs)
 # GUESTS_DIR: where the three .wasm files come from (with PROXY_BIN, to measure another build).
 GUESTS_DIR="${GUESTS_DIR:-$TARGET/wasm-guests/wasm32-wasip2/release}"
 mkdir -p "$WORK/modules"
