@@ -7,7 +7,8 @@
 #
 # Every configuration serves the same cached playlist hit (`/live/bench/index.m3u8` with a
 # signed token and a viewer-country header, so every module does its real work) to
-# `wrk -t1 -c$CONNS`. Reported per configuration: requests/s, and the proxy's own CPU time per
+# `wrk -t1 -c$CONNS`, the requests cycling through VIEWERS (default 100) differently signed
+# tokens, as that many viewers of one live playlist would send. Reported per configuration: requests/s, and the proxy's own CPU time per
 # request (user + system of its process, from /proc), whose difference to "none" is what the
 # modules add per request. The proxy runs THREADS worker threads so wrk has a core of its own.
 # ROUNDS repeats the whole sequence (configurations interleaved, so drift on a shared machine
@@ -39,8 +40,20 @@ python3 "$BENCH_DIR/origin.py" --port "$ORIGIN" & PIDS+=($!)
 wait_port 127.0.0.1 "$ORIGIN"
 
 KEY=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
-TOKEN=$("$PROXY_BIN" token sign --key "$KEY" --acl '/live/*' --ttl 7200)
-URL_PATH="/live/bench/index.m3u8?__token__=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe="~=*/"))' "$TOKEN")"
+VIEWERS=${VIEWERS:-100}
+url_path() { # token -> the playlist path with the token in its query
+  echo "/live/bench/index.m3u8?__token__=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe="~=*/"))' "$1")"
+}
+{
+  echo "local paths = {"
+  for i in $(seq 1 "$VIEWERS"); do  # one token per viewer: expiries differ, so do signatures
+    echo "  \"$(url_path "$("$PROXY_BIN" token sign --key "$KEY" --acl '/live/*' --ttl $((7200 + i)))")\","
+  done
+  echo "}"
+  echo "local n = 0"
+  echo "request = function() n = n % #paths + 1; return wrk.format(nil, paths[n]) end"
+} > "$WORK/viewers.lua"
+URL_PATH=$(url_path "$("$PROXY_BIN" token sign --key "$KEY" --acl '/live/*' --ttl 7200)")
 
 modules_toml() { # the [[wasm.modules]] entries, every one defined; chains pick
   cat <<TOML
@@ -92,9 +105,10 @@ run_one() { # name -> "req/s cpu-us-per-request"
   wait_port 127.0.0.1 "$port"
   local url="http://127.0.0.1:$port$URL_PATH"
   curl -fsS -H 'cloudfront-viewer-country: DE' -o /dev/null "$url" || { cat "$WORK/$1.log" >&2; exit 1; }
-  wrk -t1 -c"$CONNS" -d2s -H 'cloudfront-viewer-country: DE' "$url" > /dev/null 2>&1  # warm-up
+  local viewers=(-s "$WORK/viewers.lua" -H 'cloudfront-viewer-country: DE')
+  wrk -t1 -c"$CONNS" -d2s "${viewers[@]}" "$url" > /dev/null 2>&1  # warm-up
   before=$(tree_cpu_secs "$pid")
-  wrk -t1 -c"$CONNS" -d"${DURATION}s" -H 'cloudfront-viewer-country: DE' "$url" > "$WORK/wrk.out" 2>&1
+  wrk -t1 -c"$CONNS" -d"${DURATION}s" "${viewers[@]}" "$url" > "$WORK/wrk.out" 2>&1
   after=$(tree_cpu_secs "$pid")
   kill "$pid"; wait "$pid" 2>/dev/null || true
   local non2xx; non2xx=$(awk '/Non-2xx/ {print $NF}' "$WORK/wrk.out")
@@ -103,7 +117,7 @@ run_one() { # name -> "req/s cpu-us-per-request"
     '/Requests\/sec/ {r=$2} END {printf "%s %.2f\n", r, cpu * 1e6 / (r * d)}' "$WORK/wrk.out"
 }
 
-echo "THREADS=$THREADS CONNS=$CONNS DURATION=${DURATION}s ROUNDS=$ROUNDS; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "THREADS=$THREADS CONNS=$CONNS DURATION=${DURATION}s ROUNDS=$ROUNDS VIEWERS=$VIEWERS; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| round | config | req/s | proxy CPU µs per request |"
 echo "|---|---|---|---|"

@@ -2,11 +2,13 @@
 //! second master from the host, call [`crate::rewrite`], and turn errors into an unchanged body
 //! plus a log line and a counter.
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use parallax_token::locate;
 
 use crate::config::Config;
+use crate::memo::Memo;
 use crate::rewrite::{self, Context};
 
 /// The bindings wit-bindgen generates for this module's world.
@@ -34,6 +36,12 @@ use bindings::parallax::policy::{config, counters, kv, log};
 fn config() -> &'static Result<Config, String> {
     static CONFIG: OnceLock<Result<Config, String>> = OnceLock::new();
     CONFIG.get_or_init(|| Config::from_entries(&config::entries()))
+}
+
+thread_local! {
+    /// This instance's remembered rewrites (instances are reused across requests, one call at
+    /// a time; a new instance starts empty).
+    static MEMO: RefCell<Memo> = RefCell::new(Memo::default());
 }
 
 /// The viewer's token, query-safe: the raw query value as sent, else the cookie value encoded.
@@ -91,7 +99,7 @@ impl body_hook::Guest for PlaylistRewrite {
                 kv::KvError::TooLarge => "key too large".into(),
             })
         };
-        match rewrite::rewrite(config, &ctx, &body, &mut from_kv) {
+        match MEMO.with_borrow_mut(|memo| memo.rewrite(config, &ctx, &body, &mut from_kv)) {
             Ok(Some(new_body)) => {
                 counters::add("rewritten", 1);
                 BodyAction::Replace(new_body)

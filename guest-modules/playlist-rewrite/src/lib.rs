@@ -26,9 +26,12 @@
 //! - [`config`]: the module's config keys.
 //! - [`uri`]: URI resolution and query appending.
 //! - [`rewrite`]: the playlist transformations, plain functions over `m3u8-rs` types.
+//! - [`memo`]: each playlist version rewritten once per instance, every viewer's token
+//!   spliced into the remembered output.
 //! - `glue`: the wit-bindgen exports.
 
 pub mod config;
 mod glue;
+pub mod memo;
 pub mod rewrite;
 pub mod uri;
