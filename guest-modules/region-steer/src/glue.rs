@@ -63,21 +63,7 @@ impl Env for HostEnv {
 /// Copies out of the host's request what [`steer`] reads: each method is a host call, so only
 /// what the config makes relevant.
 fn read_request(config: &Config, req: &Request) -> steer::Request {
-    let mut headers = Vec::new();
-    for name in [&config.viewer_header, &config.region_header] {
-        if let Some(value) = req.header(name) {
-            headers.push(Header {
-                name: name.clone(),
-                value,
-            });
-        }
-    }
-    if config.sticky_cookie.is_some() {
-        headers.extend(req.header_values("cookie").into_iter().map(|value| Header {
-            name: "cookie".into(),
-            value,
-        }));
-    }
+    let headers = read_headers(config, req, &[&config.viewer_header, &config.region_header]);
     // Host, path and query only go into a redirect's location.
     let redirects = config.mode == Mode::Redirect;
     let read = |get: fn(&Request) -> String| if redirects { get(req) } else { String::new() };
@@ -88,6 +74,38 @@ fn read_request(config: &Config, req: &Request) -> steer::Request {
         upstream_group: req.upstream_group(),
         headers,
     }
+}
+
+/// What [`steer::on_response`] reads: the region header (which the request hook set) and the
+/// cookies.
+fn read_for_cookie(config: &Config, req: &Request) -> steer::Request {
+    steer::Request {
+        host: String::new(),
+        path: String::new(),
+        query: String::new(),
+        upstream_group: String::new(),
+        headers: read_headers(config, req, &[&config.region_header]),
+    }
+}
+
+/// The headers called `names` that are present, and the cookies when a sticky cookie is on.
+fn read_headers(config: &Config, req: &Request, names: &[&String]) -> Vec<Header> {
+    let mut headers = Vec::new();
+    for name in names {
+        if let Some(value) = req.header(name) {
+            headers.push(Header {
+                name: (*name).clone(),
+                value,
+            });
+        }
+    }
+    if config.sticky_cookie.is_some() {
+        headers.extend(req.header_values("cookie").into_iter().map(|value| Header {
+            name: "cookie".into(),
+            value,
+        }));
+    }
+    headers
 }
 
 // Natively (unit tests) nothing exports it; the impls still compile so type errors show up.
@@ -128,7 +146,7 @@ impl response_hook::Guest for RegionSteer {
                 let resp = steer::Response {
                     status: resp.status(),
                 };
-                steer::on_response(config, &read_request(config, req), &resp)
+                steer::on_response(config, &read_for_cookie(config, req), &resp)
             }
             _ => HeaderChanges {
                 remove: Vec::new(),

@@ -51,6 +51,15 @@ pub enum Source {
     Cookie,
 }
 
+/// Whether `query` carries the token parameter: [`find_token`] then takes it and looks at no
+/// header or cookie, so a caller need not read them.
+pub fn query_has_token(config: &Config, query: &str) -> bool {
+    config
+        .query_name
+        .as_deref()
+        .is_some_and(|name| locate::query_param(query, name).is_some())
+}
+
 /// Finds the token of `req`: query parameter, then header, then cookie; the first one present
 /// is the one checked.
 pub fn find_token(config: &Config, req: &Request) -> Result<(Source, String), TokenError> {
@@ -276,6 +285,30 @@ mod tests {
         );
         assert_eq!(reason(&action), None);
         assert!(verdict.is_ok());
+    }
+
+    #[test]
+    fn a_query_token_is_checked_without_looking_at_headers_or_cookies() {
+        // The glue skips reading the header and cookies when `query_has_token`: that is only
+        // right while the query's token decides alone, good or bad, whatever else is sent.
+        let c = config(&[]);
+        let good = format!("__token__={}", token(KEY, "/live/cam1/*", NOW + 60));
+        let bad = format!("__token__={}", token(OLD_KEY, "/live/cam1/*", NOW + 60));
+        let other = token(KEY, "/live/cam1/*", NOW + 60);
+        let cookie = format!("__token__={other}");
+        let extra = [
+            ("x-parallax-token", other.as_str()),
+            ("cookie", cookie.as_str()),
+        ];
+        for (query, expected) in [(&good, None), (&bad, Some("bad-signature"))] {
+            assert!(query_has_token(&c, query));
+            for headers in [&extra[..], &[]] {
+                let req = request("/live/cam1/index.m3u8", query, headers);
+                assert_eq!(reason(&on_request(&c, &req, NOW).0).as_deref(), expected);
+            }
+        }
+        assert!(!query_has_token(&c, "a=1&token=x"));
+        assert!(!query_has_token(&config(&[("query-name", "")]), &good));
     }
 
     #[test]

@@ -37,9 +37,17 @@ fn config() -> &'static Result<Config, String> {
 }
 
 /// Copies out of the host's request what [`auth`] reads: each method is a host call, so only
-/// the path, the query, the token header and the cookies.
+/// the path, the query, and — when the query has no token — the token header and the cookies.
 fn read_request(config: &Config, req: &Request) -> auth::Request {
+    let query = req.query();
     let mut headers = Vec::new();
+    if auth::query_has_token(config, &query) {
+        return auth::Request {
+            path: req.path(),
+            query,
+            headers,
+        };
+    }
     if let Some(name) = &config.header_name {
         if let Some(value) = req.header(name) {
             headers.push(Header {
@@ -56,7 +64,7 @@ fn read_request(config: &Config, req: &Request) -> auth::Request {
     }
     auth::Request {
         path: req.path(),
-        query: req.query(),
+        query,
         headers,
     }
 }
