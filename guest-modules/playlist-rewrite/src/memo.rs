@@ -195,6 +195,7 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rewrite::tests::{config, ctx};
 
     const MEDIA: &str = "#EXTM3U\n#EXT-X-VERSION:7\n#EXT-X-TARGETDURATION:2\n\
         #EXT-X-MEDIA-SEQUENCE:41\n#EXT-X-MAP:URI=\"init.mp4\"\n\
@@ -207,24 +208,8 @@ mod tests {
         #EXT-X-STREAM-INF:BANDWIDTH=1280000,AUDIO=\"aud\"\n720p.m3u8\n\
         #EXT-X-STREAM-INF:BANDWIDTH=640000,AUDIO=\"aud\"\n360p.m3u8\n";
 
-    fn config(pairs: &[(&str, &str)]) -> Config {
-        let entries: Vec<(String, String)> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        Config::from_entries(&entries).unwrap()
-    }
-
     fn no_kv(_: &str) -> Result<Option<String>, String> {
         Err("no kv in this test".into())
-    }
-
-    fn ctx<'a>(path: &'a str, region: Option<&'a str>, token: Option<&str>) -> Context<'a> {
-        Context {
-            path,
-            region,
-            token: token.map(str::to_owned),
-        }
     }
 
     /// The memo's answer and the direct rewrite's, which must be equal.

@@ -360,7 +360,7 @@ fn group_by_bandwidth(first: Vec<VariantStream>, second: Vec<VariantStream>) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     const MASTER: &str = "#EXTM3U
@@ -392,7 +392,8 @@ mod tests {
 https://elsewhere.example/43.ts
 ";
 
-    fn config(pairs: &[(&str, &str)]) -> Config {
+    /// A config of `pairs` (also used by `memo`'s tests).
+    pub(crate) fn config(pairs: &[(&str, &str)]) -> Config {
         let entries: Vec<(String, String)> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -407,7 +408,12 @@ https://elsewhere.example/43.ts
             .map(|o| o.map(|b| String::from_utf8(b).unwrap()))
     }
 
-    fn ctx<'a>(path: &'a str, region: Option<&'a str>, token: Option<&str>) -> Context<'a> {
+    /// The context of a request for `path` (also used by `memo`'s tests).
+    pub(crate) fn ctx<'a>(
+        path: &'a str,
+        region: Option<&'a str>,
+        token: Option<&str>,
+    ) -> Context<'a> {
         Context {
             path,
             region,
