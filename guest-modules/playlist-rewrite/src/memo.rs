@@ -50,11 +50,38 @@ impl Entry {
         self.path.len() + self.body.len() + self.out.len() + self.splices.len() * 8
     }
 
+    /// What a playlist is remembered by: the request's path and region, and whether it had a
+    /// token. A newer body under the same key replaces the entry.
+    fn key(&self) -> (&str, Option<&str>, bool) {
+        (&self.path, self.region.as_deref(), self.tokenized)
+    }
+
     fn matches(&self, ctx: &Context<'_>, body: &[u8]) -> bool {
-        self.path == ctx.path
-            && self.region.as_deref() == ctx.region
-            && self.tokenized == ctx.token.is_some()
-            && self.body == body
+        self.key() == key(ctx) && self.body == body
+    }
+
+    /// Cuts `written` (a rewrite with [`MARKER`] as the token) at its markers.
+    fn split(ctx: &Context<'_>, body: &[u8], written: Vec<u8>) -> Self {
+        let marker = MARKER.as_bytes();
+        let mut out = Vec::with_capacity(written.len());
+        let mut splices = Vec::new();
+        let mut rest = &written[..];
+        if ctx.token.is_some() {
+            while let Some(at) = find(rest, marker) {
+                out.extend_from_slice(&rest[..at]);
+                splices.push(out.len());
+                rest = &rest[at + marker.len()..];
+            }
+        }
+        out.extend_from_slice(rest);
+        Entry {
+            path: ctx.path.to_owned(),
+            region: ctx.region.map(str::to_owned),
+            tokenized: ctx.token.is_some(),
+            body: body.to_vec(),
+            out,
+            splices,
+        }
     }
 
     /// The output for `token` (ignored when the entry has no splices).
@@ -109,12 +136,16 @@ impl Memo {
         other_master: &mut dyn FnMut(&str) -> Result<Option<String>, String>,
     ) -> Result<Option<Vec<u8>>, RewriteError> {
         let reads_kv = config.merge.is_some() && config.merge_source == Some(MergeSource::Kv);
-        if reads_kv || contains(body, MARKER.as_bytes()) {
+        if reads_kv {
             return rewrite::rewrite(config, ctx, body, other_master);
         }
+        // A remembered body was checked for the marker when it was remembered.
         if let Some(entry) = self.entries.iter().find(|e| e.matches(ctx, body)) {
             self.hits += 1;
             return Ok(Some(entry.render(ctx.token.as_deref())));
+        }
+        if find(body, MARKER.as_bytes()).is_some() {
+            return rewrite::rewrite(config, ctx, body, other_master);
         }
         let template = Context {
             token: ctx.token.as_ref().map(|_| MARKER.to_owned()),
@@ -136,9 +167,7 @@ impl Memo {
 
     fn remember(&mut self, entry: Entry) {
         // A new version of a playlist replaces the old one.
-        if let Some(i) = self.entries.iter().position(|e| {
-            e.path == entry.path && e.region == entry.region && e.tokenized == entry.tokenized
-        }) {
+        if let Some(i) = self.entries.iter().position(|e| e.key() == entry.key()) {
             if let Some(old) = self.entries.remove(i) {
                 self.bytes -= old.bytes();
             }
@@ -158,38 +187,13 @@ impl Memo {
     }
 }
 
-impl Entry {
-    /// Cuts `written` (a rewrite with [`MARKER`] as the token) at its markers.
-    fn split(ctx: &Context<'_>, body: &[u8], written: Vec<u8>) -> Self {
-        let marker = MARKER.as_bytes();
-        let mut out = Vec::with_capacity(written.len());
-        let mut splices = Vec::new();
-        let mut rest = &written[..];
-        if ctx.token.is_some() {
-            while let Some(at) = find(rest, marker) {
-                out.extend_from_slice(&rest[..at]);
-                splices.push(out.len());
-                rest = &rest[at + marker.len()..];
-            }
-        }
-        out.extend_from_slice(rest);
-        Entry {
-            path: ctx.path.to_owned(),
-            region: ctx.region.map(str::to_owned),
-            tokenized: ctx.token.is_some(),
-            body: body.to_vec(),
-            out,
-            splices,
-        }
-    }
-}
-
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    find(haystack, needle).is_some()
+/// The key of the entry a request for `ctx` would find ([`Entry::key`]).
+fn key<'c>(ctx: &'c Context<'_>) -> (&'c str, Option<&'c str>, bool) {
+    (ctx.path, ctx.region, ctx.token.is_some())
 }
 
 #[cfg(test)]

@@ -54,22 +54,22 @@ pub enum Source {
 /// Whether `query` carries the token parameter: [`find_token`] then takes it and looks at no
 /// header or cookie, so a caller need not read them.
 pub fn query_has_token(config: &Config, query: &str) -> bool {
-    config
-        .query_name
-        .as_deref()
-        .is_some_and(|name| locate::query_param(query, name).is_some())
+    query_token(config, query).is_some()
+}
+
+/// The raw (still percent-encoded) token parameter of `query`, if the config names one.
+fn query_token<'q>(config: &Config, query: &'q str) -> Option<&'q str> {
+    locate::query_param(query, config.query_name.as_deref()?)
 }
 
 /// Finds the token of `req`: query parameter, then header, then cookie; the first one present
 /// is the one checked.
 pub fn find_token(config: &Config, req: &Request) -> Result<(Source, String), TokenError> {
-    if let Some(name) = &config.query_name {
-        if let Some(raw) = locate::query_param(&req.query, name) {
-            let token = locate::percent_decode(raw).ok_or(TokenError::Malformed(
-                "query token is not valid percent-encoding",
-            ))?;
-            return Ok((Source::Query, token));
-        }
+    if let Some(raw) = query_token(config, &req.query) {
+        let token = locate::percent_decode(raw).ok_or(TokenError::Malformed(
+            "query token is not valid percent-encoding",
+        ))?;
+        return Ok((Source::Query, token));
     }
     if let Some(name) = &config.header_name {
         if let Some(h) = req.headers.iter().find(|h| h.name == *name) {

@@ -40,14 +40,21 @@ fn config() -> &'static Result<Config, String> {
 /// the path, the query, and — when the query has no token — the token header and the cookies.
 fn read_request(config: &Config, req: &Request) -> auth::Request {
     let query = req.query();
-    let mut headers = Vec::new();
-    if auth::query_has_token(config, &query) {
-        return auth::Request {
-            path: req.path(),
-            query,
-            headers,
-        };
+    let headers = if auth::query_has_token(config, &query) {
+        Vec::new()
+    } else {
+        token_headers(config, req)
+    };
+    auth::Request {
+        path: req.path(),
+        query,
+        headers,
     }
+}
+
+/// The token header and the cookies, where the config names them.
+fn token_headers(config: &Config, req: &Request) -> Vec<Header> {
+    let mut headers = Vec::new();
     if let Some(name) = &config.header_name {
         if let Some(value) = req.header(name) {
             headers.push(Header {
@@ -62,11 +69,7 @@ fn read_request(config: &Config, req: &Request) -> auth::Request {
             value,
         }));
     }
-    auth::Request {
-        path: req.path(),
-        query,
-        headers,
-    }
+    headers
 }
 
 // Natively (unit tests) nothing exports it; the impls still compile so type errors show up.
