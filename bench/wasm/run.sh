@@ -8,7 +8,9 @@
 # Every configuration serves the same cached playlist hit (`/live/bench/index.m3u8` with a
 # signed token and a viewer-country header, so every module does its real work) to
 # `wrk -t1 -c$CONNS`, the requests cycling through VIEWERS (default 100) differently signed
-# tokens, as that many viewers of one live playlist would send. Reported per configuration: requests/s, and the proxy's own CPU time per
+# tokens, as that many viewers of one live playlist would send. With RETURNING=1 (default) each
+# request also carries region-steer's sticky cookie, as a viewer's player sends it back after its
+# first response; RETURNING=0 measures first visits. Reported per configuration: requests/s, and the proxy's own CPU time per
 # request (user + system of its process, from /proc), whose difference to "none" is what the
 # modules add per request. The proxy runs THREADS worker threads so wrk has a core of its own.
 # ROUNDS repeats the whole sequence (configurations interleaved, so drift on a shared machine
@@ -41,6 +43,7 @@ wait_port 127.0.0.1 "$ORIGIN"
 
 KEY=00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff
 VIEWERS=${VIEWERS:-100}
+RETURNING=${RETURNING:-1}
 url_path() { # token -> the playlist path with the token in its query
   echo "/live/bench/index.m3u8?__token__=$(python3 -c 'import sys, urllib.parse; print(urllib.parse.quote(sys.argv[1], safe="~=*/"))' "$1")"
 }
@@ -106,6 +109,7 @@ run_one() { # name -> "req/s cpu-us-per-request"
   local url="http://127.0.0.1:$port$URL_PATH"
   curl -fsS -H 'cloudfront-viewer-country: DE' -o /dev/null "$url" || { cat "$WORK/$1.log" >&2; exit 1; }
   local viewers=(-s "$WORK/viewers.lua" -H 'cloudfront-viewer-country: DE')
+  [ "$RETURNING" = 0 ] || viewers+=(-H 'cookie: parallax-region=eu')
   wrk -t1 -c"$CONNS" -d2s "${viewers[@]}" "$url" > /dev/null 2>&1  # warm-up
   before=$(tree_cpu_secs "$pid")
   wrk -t1 -c"$CONNS" -d"${DURATION}s" "${viewers[@]}" "$url" > "$WORK/wrk.out" 2>&1
@@ -117,7 +121,7 @@ run_one() { # name -> "req/s cpu-us-per-request"
     '/Requests\/sec/ {r=$2} END {printf "%s %.2f\n", r, cpu * 1e6 / (r * d)}' "$WORK/wrk.out"
 }
 
-echo "THREADS=$THREADS CONNS=$CONNS DURATION=${DURATION}s ROUNDS=$ROUNDS VIEWERS=$VIEWERS; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "THREADS=$THREADS CONNS=$CONNS DURATION=${DURATION}s ROUNDS=$ROUNDS VIEWERS=$VIEWERS RETURNING=$RETURNING; load before: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo
 echo "| round | config | req/s | proxy CPU µs per request |"
 echo "|---|---|---|---|"

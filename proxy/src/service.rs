@@ -65,10 +65,11 @@ use crate::kv::KvStore;
 use crate::metrics::Metrics;
 use crate::player;
 use crate::rules::CacheRules;
-use crate::storage::MokaStorage;
+use crate::storage::{self, MokaStorage};
 use crate::upstream::{FailureReason, Group, OriginId, RequestKind, Upstreams};
 use crate::wasm::chain::{
-    self, failure_error as module_failure, BodyBuffer, BodyRewrite, BodyRewriteBuilder, Verdict,
+    self, failure_error as module_failure, BodyBuffer, BodyRewrite, BodyRewriteBuilder, Skipped,
+    Verdict,
 };
 use crate::wasm::view::{RequestView, SharedRequest};
 use crate::wasm::{BodyStage, Chain, ModuleHost};
@@ -123,6 +124,8 @@ pub struct RequestCtx {
 struct ModuleState {
     chain: Chain,
     view: SharedRequest,
+    /// The modules whose response hook is not to run on this request (they said so).
+    skipped: Skipped,
     /// The origin's playlist, for before-cache body hooks (the after-cache stage runs as a
     /// downstream module).
     before_cache: BodyRewrite,
@@ -281,12 +284,14 @@ impl EdgeProxy {
             group.clone(),
         ));
         let upstreams = &self.shared.upstreams;
+        let mut skipped = Skipped::default();
         let verdict = chain::run_request_hooks(
             &chain,
             &mut view,
             session.req_header_mut(),
             |name| upstreams.group(name).is_some(),
             self.module_max_body,
+            &mut skipped,
             &self.shared.metrics,
         );
         match verdict {
@@ -306,12 +311,14 @@ impl EdgeProxy {
                 ctx.modules = Some(Box::new(ModuleState {
                     chain,
                     view,
+                    skipped,
                     before_cache: BodyRewrite::default(),
                 }));
                 Ok(false)
             }
             Verdict::Respond(mut head, body) => {
-                chain::run_response_hooks(&chain, &view, &mut head, "LOCAL", &self.shared.metrics)
+                let metrics = &self.shared.metrics;
+                chain::run_response_hooks(&chain, &view, &mut head, "LOCAL", skipped, metrics)
                     .map_err(module_failure)?;
                 head.insert_header(header::VIA, VIA)?;
                 respond_locally(session, head, body).await
@@ -734,7 +741,8 @@ impl ProxyHttp for EdgeProxy {
         resp.insert_header(header::VIA, via)?;
         if let Some(m) = ctx.modules.as_deref_mut() {
             let metrics = &self.shared.metrics;
-            if let Err(status) = chain::run_response_hooks(&m.chain, &m.view, resp, cache, metrics)
+            if let Err(status) =
+                chain::run_response_hooks(&m.chain, &m.view, resp, cache, m.skipped, metrics)
             {
                 // A fail-closed failure replaces the header in place rather than failing the
                 // request: pingora answers a failed response filter on a cache hit with its own
@@ -746,15 +754,33 @@ impl ProxyHttp for EdgeProxy {
             if chain::wants_body(&m.chain, BodyStage::AfterCache, &req.method, resp.status)
                 && chain::is_playlist(req.uri.path(), resp)
             {
-                chain::unframe(resp)?;
-                let buffer = BodyBuffer::new(BodyStage::AfterCache, resp, self.module_max_body);
-                if let Some(body) = session.downstream_modules_ctx.get_mut::<BodyRewrite>() {
-                    body.start(
-                        m.chain.clone(),
-                        m.view.clone(),
-                        buffer,
-                        self.shared.metrics.clone(),
-                    );
+                // A complete stored playlist is rewritten now, so the new body keeps exact
+                // framing; one still arriving (a miss, a fill being streamed) is collected as
+                // it goes out and sent chunked.
+                let stored = match session.cache.phase() {
+                    CachePhase::Hit
+                    | CachePhase::Stale
+                    | CachePhase::StaleUpdating
+                    | CachePhase::Revalidated
+                    | CachePhase::RevalidatedNoCache(_) => {
+                        storage::whole_body(session.cache.hit_handler())
+                    }
+                    _ => None,
+                };
+                let Some(rewriter) = session.downstream_modules_ctx.get_mut::<BodyRewrite>() else {
+                    return Ok(());
+                };
+                let max = self.module_max_body;
+                if let Some(body) = stored {
+                    match chain::rewrite_whole(&m.chain, &m.view, resp, &body, max, metrics) {
+                        Ok(Some(new)) => rewriter.replace(new),
+                        Ok(None) => {}
+                        Err(status) => *resp = empty_response(status)?,
+                    }
+                } else {
+                    chain::unframe(resp)?;
+                    let buffer = BodyBuffer::new(BodyStage::AfterCache, resp, max);
+                    rewriter.start(m.chain.clone(), m.view.clone(), buffer, metrics.clone());
                 }
             }
         }

@@ -164,6 +164,30 @@ impl StoredMeta {
     fn len(&self) -> usize {
         self.serialized_len
     }
+
+    /// Gives a stored header that had no `Content-Length` (an origin's chunked response, or a
+    /// playlist a module rewrote before the cache) the length of its now complete `body`, so
+    /// hits go out with exact framing: header and body in one write instead of a chunk each
+    /// and a terminator. Statuses that carry no body keep their header.
+    fn frame_exactly(mut self, body: usize) -> Self {
+        let status = self.header.status;
+        let bodiless = status.is_informational()
+            || status == http::StatusCode::NO_CONTENT
+            || status == http::StatusCode::NOT_MODIFIED;
+        if !bodiless
+            && !self
+                .header
+                .headers
+                .contains_key(http::header::CONTENT_LENGTH)
+        {
+            self.header.remove_header(&http::header::TRANSFER_ENCODING);
+            // Cannot fail: a number is a valid header value.
+            let _ = self
+                .header
+                .insert_header(http::header::CONTENT_LENGTH, body);
+        }
+        self
+    }
 }
 
 /// A serialized empty response header: the cheapest header to hand `CacheMeta::deserialize`
@@ -519,7 +543,7 @@ impl MokaStorage {
         let entry = Arc::new(Entry {
             primary: Arc::clone(&fill.primary),
             generation: fill.id,
-            meta: fill.meta.clone(),
+            meta: fill.meta.clone().frame_exactly(body.len()),
             body,
         });
         let weight = entry.weight();
@@ -661,7 +685,7 @@ impl Storage for MokaStorage {
                         Op::Put(Arc::new(Entry {
                             primary: Arc::clone(&old.primary),
                             generation: old.generation,
-                            meta,
+                            meta: meta.frame_exactly(old.body.len()),
                             body: old.body.clone(),
                         }))
                     }
@@ -763,6 +787,16 @@ fn concat(chunks: &[Bytes]) -> Bytes {
             }
             body.freeze()
         }
+    }
+}
+
+/// The whole body `hit` is about to serve, if it is one of ours holding a complete object and
+/// nothing of it has been read yet; `None` for a fill still being streamed. The bytes are
+/// shared with the stored object, not copied.
+pub fn whole_body(hit: &HitHandler) -> Option<Bytes> {
+    match hit.as_any().downcast_ref::<HitBody>()? {
+        HitBody::Complete(hit) if !hit.done => Some(hit.body.slice(hit.range.clone())),
+        _ => None,
     }
 }
 
@@ -946,7 +980,12 @@ mod tests {
         let key = CacheKey::new("example.com/live/1.ts", "");
         assert!(store.lookup(&key, &span()).await.unwrap().is_none());
 
-        let written = meta(60);
+        // Sent chunked by the origin: the stored header gets the length of the whole body.
+        let mut written = meta(60);
+        written
+            .response_header_mut()
+            .insert_header("transfer-encoding", "chunked")
+            .unwrap();
         let mut writer = store
             .get_miss_handler(&key, &written, &span())
             .await
@@ -971,8 +1010,16 @@ mod tests {
                 .unwrap(),
             "video/mp2t"
         );
+        let header = read_meta.response_header();
+        assert_eq!(header.headers.get("content-length").unwrap(), "7");
+        assert!(header.headers.get("transfer-encoding").is_none());
         assert!(reader.can_seek(), "a stored object serves ranges directly");
+        assert_eq!(whole_body(&reader).as_deref(), Some(&b"segment"[..]));
         assert_eq!(read_all(&mut reader).await.unwrap(), b"segment");
+        assert!(
+            whole_body(&reader).is_none(),
+            "nothing once it has been read"
+        );
         let stats = store.stats();
         assert_eq!(stats.items, 1);
         assert_eq!(stats.in_flight_fills, 0);
@@ -994,6 +1041,7 @@ mod tests {
             !early.can_seek(),
             "an object still being filled cannot seek"
         );
+        assert!(whole_body(&early).is_none(), "nor is it whole");
         assert!(
             tokio::time::timeout(PENDING, early.read_body())
                 .await

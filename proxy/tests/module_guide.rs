@@ -80,10 +80,10 @@ async fn the_guides_copy_build_and_deploy_steps_put_the_templates_hooks_on_a_run
         "not a WebAssembly component"
     );
     let contains = |needle: &[u8]| wasm.windows(needle.len()).any(|w| w == needle);
-    assert!(contains(b"parallax:policy/request-hook@0.2.0"));
-    assert!(contains(b"parallax:policy/response-hook@0.2.0"));
+    assert!(contains(b"parallax:policy/request-hook@0.2.1"));
+    assert!(contains(b"parallax:policy/response-hook@0.2.1"));
     assert!(
-        !contains(b"parallax:policy/body-hook@0.2.0"),
+        !contains(b"parallax:policy/body-hook@0.2.1"),
         "the template exports no body hook"
     );
 

@@ -209,6 +209,41 @@ async fn region_steer_sends_viewers_of_a_closed_region_to_the_other_regions_grou
 
     assert_eq!(edge.admin("POST", "/regions/eu/open").await.status, 200);
     assert_eq!(viewer("DE").await.body, b"from eu");
+
+    // A returning viewer whose cookie already names its region: the request hook says so (WIT
+    // `request-scope`) and the response hook is not called for that request.
+    let response_calls = || async {
+        let metrics = metrics_text(edge.metrics).await;
+        let labels = ["module=\"steer\"", "hook=\"response\"", "outcome=\"ok\""];
+        sample(&metrics, "parallax_module_calls_total", &labels)
+    };
+    let before = response_calls().await;
+    let returning = get_with(
+        edge.proxy.addr,
+        "/live/a/1.ts",
+        &[
+            ("cloudfront-viewer-country", "DE"),
+            ("cookie", "parallax-region=eu"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(returning.body, b"from eu");
+    assert!(returning.header("set-cookie").is_none());
+    assert_eq!(
+        response_calls().await,
+        before,
+        "skipped for the returning viewer"
+    );
+    let first_visit = viewer("DE").await;
+    assert!(first_visit
+        .header("set-cookie")
+        .is_some_and(|v| v.starts_with("parallax-region=eu")));
+    assert_eq!(
+        response_calls().await,
+        before + 1.0,
+        "called for a first visit"
+    );
 }
 
 #[tokio::test]
@@ -249,6 +284,18 @@ async fn playlist_rewrite_makes_uris_absolute_before_the_cache_and_adds_each_vie
             resp.header("content-length").is_none()
                 || resp.header("content-length") == Some(&resp.body.len().to_string())
         );
+        if token == "viewer-two" {
+            // A stored playlist is rewritten before its header goes out: exact framing, one
+            // write, like any other hit (the miss before it was re-framed as chunks).
+            assert_eq!(resp.header("x-cache"), Some("HIT"));
+            assert_eq!(
+                resp.header("content-length"),
+                Some(resp.body.len().to_string().as_str()),
+                "{:?}",
+                resp.headers
+            );
+            assert!(resp.header("transfer-encoding").is_none());
+        }
         let body = String::from_utf8(resp.body).unwrap();
         assert!(
             body.contains(&format!(
@@ -327,6 +374,15 @@ async fn hostile_edge(origin: &Origin) -> Edge {
             "body_stage = \"before-cache\"\ncpu_ms_per_call = 200\n",
             ", big-bytes = \"1100000\"",
         ),
+        // Fails on a stored playlist after the cache, while the header can still change.
+        (
+            "bodytrap",
+            "body-trap",
+            "fail-closed",
+            503,
+            "body_stage = \"after-cache\"\n",
+            "",
+        ),
     ];
     for (name, behave, failure, status, extra, more) in modes {
         let memory = if matches!(name, "big" | "over") {
@@ -352,7 +408,9 @@ async fn hostile_edge(origin: &Origin) -> Edge {
 #[tokio::test]
 async fn a_looping_allocating_trapping_or_lying_module_is_contained_and_everyone_else_is_served() {
     let origin = Origin::start().await;
-    for prefix in ["loop", "alloc", "trap", "bad", "big", "over", "plain"] {
+    for prefix in [
+        "loop", "alloc", "trap", "bad", "big", "over", "bodytrap", "plain",
+    ] {
         origin.set(&format!("/{prefix}/1.ts"), Reply::ok(pattern(1000, 3)));
         origin.set(
             &format!("/{prefix}/index.m3u8"),
@@ -396,6 +454,14 @@ async fn a_looping_allocating_trapping_or_lying_module_is_contained_and_everyone
         assert!(resp.body.len() < 1000, "{path}");
     }
     assert_eq!(fetch("/plain/1.ts").await.body, pattern(1000, 3));
+    // The miss streams the playlist out as it arrives: its header is gone before the hook
+    // fails, so that client only sees the body cut short. From the cache the playlist is
+    // whole before the header goes out, and fail-closed answers its status.
+    let streamed = fetch("/bodytrap/index.m3u8").await;
+    assert!(!streamed.complete || streamed.status == 503, "{streamed:?}");
+    let stored = fetch("/bodytrap/index.m3u8").await;
+    assert_eq!(stored.status, 503, "{}", edge.proxy.log());
+    assert!(stored.complete && stored.body.is_empty(), "{stored:?}");
 
     // Again, concurrently with clean traffic: nobody else notices.
     let mut mixed = Vec::new();
@@ -434,6 +500,7 @@ async fn a_looping_allocating_trapping_or_lying_module_is_contained_and_everyone
         ("bad", "bad_return"),
         ("big", "timeout"),
         ("over", "bad_return"),
+        ("bodytrap", "trap"),
     ] {
         assert!(
             failures(module, outcome) >= 1.0,

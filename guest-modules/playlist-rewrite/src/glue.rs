@@ -17,9 +17,9 @@ pub mod bindings {
         inline: r#"
             package parallax:playlist-rewrite;
             world playlist-rewrite {
-                include parallax:policy/host@0.2.0;
-                export parallax:policy/body-hook@0.2.0;
-                export parallax:policy/self-test@0.2.0;
+                include parallax:policy/host@0.2.1;
+                export parallax:policy/body-hook@0.2.1;
+                export parallax:policy/self-test@0.2.1;
             }
         "#,
         path: "../../wit",

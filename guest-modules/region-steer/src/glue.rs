@@ -12,11 +12,11 @@ pub mod bindings {
         inline: r#"
             package parallax:region-steer;
             world region-steer {
-                include parallax:policy/host@0.2.0;
-                export parallax:policy/request-hook@0.2.0;
-                export parallax:policy/response-hook@0.2.0;
-                export parallax:policy/self-test@0.2.0;
-                export parallax:policy/hook-needs@0.2.0;
+                include parallax:policy/host@0.2.1;
+                export parallax:policy/request-hook@0.2.1;
+                export parallax:policy/response-hook@0.2.1;
+                export parallax:policy/self-test@0.2.1;
+                export parallax:policy/hook-needs@0.2.1;
             }
         "#,
         path: "../../wit",
@@ -29,7 +29,7 @@ pub mod bindings {
 
 use bindings::exports::parallax::policy::{hook_needs, request_hook, response_hook, self_test};
 use bindings::parallax::policy::types::{Header, HeaderChanges, Request, RequestAction, Response};
-use bindings::parallax::policy::{config, counters, kv, log, upstreams};
+use bindings::parallax::policy::{config, counters, kv, log, request_scope, upstreams};
 
 /// The config is fixed for a loaded module version, so one parse per instance is enough.
 fn config() -> &'static Result<Config, String> {
@@ -129,6 +129,12 @@ impl request_hook::Guest for RegionSteer {
             counters::add("no-usable-region", 1);
         }
         let action = steer::action(config, &req, &decision);
+        // Only while the response hook is called at all (`hook-needs`).
+        if config.sticky_cookie.is_some()
+            && !steer::response_needed(config, &req, &decision, &action)
+        {
+            request_scope::skip_response_hook();
+        }
         match &action {
             RequestAction::Redirect(_) => counters::add("redirected", 1),
             _ if decision.chosen != decision.home => counters::add("steered", 1),

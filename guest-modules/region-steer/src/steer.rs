@@ -212,6 +212,30 @@ pub fn on_response(config: &Config, req: &Request, resp: &Response) -> HeaderCha
     changes
 }
 
+/// Whether [`on_response`] can have anything to do after the request hook answered `action`
+/// for `decision`: only when a sticky cookie is configured, the request goes on (a redirect
+/// gets no cookie), and the viewer's cookie does not already name the chosen region. A
+/// returning viewer of an unchanged region, the usual request, needs no response hook.
+pub fn response_needed(
+    config: &Config,
+    req: &Request,
+    decision: &Decision,
+    action: &RequestAction,
+) -> bool {
+    let Some(name) = &config.sticky_cookie else {
+        return false;
+    };
+    if matches!(action, RequestAction::Redirect(_)) {
+        return false;
+    }
+    let current = req
+        .headers
+        .iter()
+        .filter(|h| h.name == "cookie")
+        .find_map(|h| cookie(&h.value, name));
+    current != Some(config.regions[decision.chosen].name.as_str())
+}
+
 fn header<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
     req.headers
         .iter()
@@ -522,5 +546,60 @@ mod tests {
         )
         .append
         .is_empty());
+    }
+
+    #[test]
+    fn the_response_hook_is_needed_only_when_the_cookie_would_change() {
+        let mut env = FakeEnv::default();
+        let needed = |c: &Config, req: &Request, env: &mut FakeEnv| {
+            let decision = decide(c, req, env, &mut Memory::default());
+            let action = action(c, req, &decision);
+            let needed = response_needed(c, req, &decision, &action);
+            // Whenever it is skipped, the hook would indeed have changed nothing.
+            if !needed {
+                let mut served = req.clone();
+                if let RequestAction::Rewrite(rewrite) = &action {
+                    served.headers.extend(rewrite.set_headers.iter().cloned());
+                }
+                let status = if matches!(action, RequestAction::Redirect(_)) {
+                    302
+                } else {
+                    200
+                };
+                assert!(on_response(c, &served, &Response { status })
+                    .append
+                    .is_empty());
+            }
+            needed
+        };
+        let c = config(&[]);
+        let new_viewer = request("cdn", &[("cloudfront-viewer-country", "DE")]);
+        assert!(
+            needed(&c, &new_viewer, &mut env),
+            "a first visit gets the cookie"
+        );
+        let returning = request(
+            "cdn",
+            &[
+                ("cloudfront-viewer-country", "DE"),
+                ("cookie", "a=1; parallax-region=eu"),
+            ],
+        );
+        assert!(
+            !needed(&c, &returning, &mut env),
+            "a returning viewer already has it"
+        );
+        close(&mut env, "eu");
+        assert!(
+            needed(&c, &returning, &mut env),
+            "steered to us: the cookie changes"
+        );
+        let redirecting = config(&[("mode", "redirect")]);
+        assert!(
+            !needed(&redirecting, &returning, &mut env),
+            "a redirect gets no cookie"
+        );
+        let unsticky = config(&[("sticky-cookie", "")]);
+        assert!(!needed(&unsticky, &new_viewer, &mut env));
     }
 }

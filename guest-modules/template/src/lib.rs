@@ -16,12 +16,12 @@ mod bindings {
         inline: r#"
             package my:module;
             world module-template {
-                include parallax:policy/host@0.2.0;
-                export parallax:policy/request-hook@0.2.0;
-                export parallax:policy/response-hook@0.2.0;
+                include parallax:policy/host@0.2.1;
+                export parallax:policy/request-hook@0.2.1;
+                export parallax:policy/response-hook@0.2.1;
             }
         "#,
-        // The repository's wit/ directory (parallax:policy@0.2.0).
+        // The repository's wit/ directory (parallax:policy@0.2.1).
         path: "../../wit",
         generate_all,
     });
@@ -83,7 +83,7 @@ impl response_hook::Guest for Module {
     }
 }
 
-// Export names such as `parallax:policy/request-hook@0.2.0#on-request` exist only in the
+// Export names such as `parallax:policy/request-hook@0.2.1#on-request` exist only in the
 // component; a native build (unit tests) leaves them out.
 #[cfg(target_arch = "wasm32")]
 bindings::export!(Module with_types_in bindings);

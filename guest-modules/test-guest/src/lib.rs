@@ -10,11 +10,16 @@
 //! | `trap`         | panics                             | panics                           |
 //! | `bad-status`   | answers with HTTP status 42        | unchanged                        |
 //! | `big-body`     | continue                           | returns a body of `big-bytes` (default 100 MB) |
+//! | `body-trap`    | continue                           | panics                           |
 //! | `kv-echo`      | answers 200 with kv value `key`    | unchanged                        |
 //!
 //! The response hook always sets `x-test-guest: <tag>` (config `tag`, default `test`), so a test
 //! can tell which module (and which of two files) answered. `self-test` fails when `behave` is
 //! `fail-self-test`.
+//!
+//! It is built against a frozen copy of interface 0.2.0 (`wit-0.2.0/`), not the current `wit/`:
+//! every test that loads it also shows that the proxy still runs modules built against an
+//! earlier patch version of its interface.
 
 mod bindings {
     wit_bindgen::generate!({
@@ -29,7 +34,7 @@ mod bindings {
                 export parallax:policy/hook-needs@0.2.0;
             }
         "#,
-        path: "../../wit",
+        path: "wit-0.2.0",
         generate_all,
     });
 }
@@ -121,7 +126,7 @@ impl body_hook::Guest for TestGuest {
         match behave().as_str() {
             "loop" => spin(),
             "alloc" => hog(),
-            "trap" => panic!("test-guest told to trap"),
+            "trap" | "body-trap" => panic!("test-guest told to trap"),
             "big-body" => {
                 let size = config::get("big-bytes")
                     .and_then(|v| v.parse().ok())

@@ -107,9 +107,9 @@ pub fn on_request(
     config: &Config,
     req: &Request,
     now_secs: u64,
-) -> (RequestAction, Result<(), (&'static str, String)>) {
+) -> (RequestAction, Result<Source, (&'static str, String)>) {
     match check(config, req, now_secs) {
-        Ok(_) => (RequestAction::Continue, Ok(())),
+        Ok((source, _)) => (RequestAction::Continue, Ok(source)),
         Err(e) => (forbidden(e.as_str()), Err((e.as_str(), e.to_string()))),
     }
 }
@@ -151,6 +151,17 @@ pub fn on_response(
         changes.append.push(header("set-cookie", &cookie));
     }
     changes
+}
+
+/// Whether [`on_response`] can have anything to do for a request admitted with a token from
+/// `source`: only with `session-cookie` on, for a playlist whose token did not come from the
+/// cookie itself. Segments, and viewers who already hold the cookie (nearly every request),
+/// need no response hook; nor does a refused request (its 403 gets no cookie).
+pub fn response_needed(config: &Config, req: &Request, source: Source) -> bool {
+    config.session_cookie
+        && config.cookie_name.is_some()
+        && source != Source::Cookie
+        && req.path.ends_with(".m3u8")
 }
 
 /// The `Set-Cookie` value for the session cookie, if this response should carry one.
@@ -460,6 +471,33 @@ mod tests {
             200
         ));
         assert!(none(&config(&[]), &request("/live/a.m3u8", &q, &[]), 200));
+    }
+
+    #[test]
+    fn the_response_hook_is_skipped_exactly_when_it_would_issue_no_cookie() {
+        let on = config(&[("session-cookie", "true")]);
+        let q = format!("__token__={}", token(KEY, "/live/*", NOW + 60));
+        let cookie = format!("__token__={}", token(KEY, "/live/*", NOW + 60));
+        let cases = [
+            (request("/live/a.m3u8", &q, &[]), true),
+            (request("/live/a.ts", &q, &[]), false),
+            (request("/live/a.m3u8", "", &[("cookie", &cookie)]), false),
+        ];
+        for (req, expected) in cases {
+            let (_, verdict) = on_request(&on, &req, NOW);
+            let needed = response_needed(&on, &req, verdict.unwrap());
+            assert_eq!(needed, expected, "{}?{}", req.path, req.query);
+            let issued = !on_response(&on, &req, &response(200), NOW)
+                .append
+                .is_empty();
+            assert_eq!(issued, needed, "{}?{}", req.path, req.query);
+        }
+        let (_, verdict) = on_request(&config(&[]), &request("/live/a.m3u8", &q, &[]), NOW);
+        assert!(!response_needed(
+            &config(&[]),
+            &request("/live/a.m3u8", &q, &[]),
+            verdict.unwrap()
+        ));
     }
 
     #[test]

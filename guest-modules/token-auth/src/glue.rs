@@ -12,11 +12,11 @@ pub mod bindings {
         inline: r#"
             package parallax:token-auth;
             world token-auth {
-                include parallax:policy/host@0.2.0;
-                export parallax:policy/request-hook@0.2.0;
-                export parallax:policy/response-hook@0.2.0;
-                export parallax:policy/self-test@0.2.0;
-                export parallax:policy/hook-needs@0.2.0;
+                include parallax:policy/host@0.2.1;
+                export parallax:policy/request-hook@0.2.1;
+                export parallax:policy/response-hook@0.2.1;
+                export parallax:policy/self-test@0.2.1;
+                export parallax:policy/hook-needs@0.2.1;
             }
         "#,
         path: "../../wit",
@@ -27,7 +27,7 @@ pub mod bindings {
 
 use bindings::exports::parallax::policy::{hook_needs, request_hook, response_hook, self_test};
 use bindings::parallax::policy::types::{Header, HeaderChanges, Request, RequestAction, Response};
-use bindings::parallax::policy::{clock, config, counters, log};
+use bindings::parallax::policy::{clock, config, counters, log, request_scope};
 
 /// The config is fixed for a loaded module version (a change loads a new version, and with it
 /// new instances), so one parse per instance is enough.
@@ -80,11 +80,21 @@ impl request_hook::Guest for TokenAuth {
     fn on_request(req: &Request) -> RequestAction {
         let now_secs = clock::now_ms() / 1000;
         let (action, verdict) = match config() {
-            Ok(config) => auth::on_request(config, &read_request(config, req), now_secs),
+            Ok(config) => {
+                let req = read_request(config, req);
+                let (action, verdict) = auth::on_request(config, &req, now_secs);
+                // Only while the response hook is called at all (`hook-needs`).
+                if config.session_cookie
+                    && !matches!(verdict, Ok(source) if auth::response_needed(config, &req, source))
+                {
+                    request_scope::skip_response_hook();
+                }
+                (action, verdict)
+            }
             Err(e) => (auth::misconfigured(), Err(("misconfigured", e.clone()))),
         };
         match verdict {
-            Ok(()) => counters::add("allowed", 1),
+            Ok(_) => counters::add("allowed", 1),
             // Counter names stay the fixed set of reason codes (the host caps a module at 64).
             Err((code, why)) => {
                 counters::add(&format!("denied-{code}"), 1);
@@ -135,7 +145,7 @@ impl self_test::Guest for TokenAuth {
     }
 }
 
-// Only in the component: export names such as `parallax:policy/request-hook@0.2.0#on-request`
+// Only in the component: export names such as `parallax:policy/request-hook@0.2.1#on-request`
 // are not valid symbols for a native shared library.
 #[cfg(target_arch = "wasm32")]
 bindings::export!(TokenAuth with_types_in bindings);

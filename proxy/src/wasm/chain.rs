@@ -51,6 +51,26 @@ impl Hook {
     }
 }
 
+/// The modules of a chain, by position, whose request hook asked for their response hook to be
+/// skipped on this request (WIT `request-scope.skip-response-hook`). Positions past 63 are never
+/// skipped: their response hooks simply run.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Skipped(u64);
+
+impl Skipped {
+    fn insert(&mut self, position: usize) {
+        if let Some(bit) = 1_u64.checked_shl(u32::try_from(position).unwrap_or(u32::MAX)) {
+            self.0 |= bit;
+        }
+    }
+
+    fn contains(self, position: usize) -> bool {
+        1_u64
+            .checked_shl(u32::try_from(position).unwrap_or(u32::MAX))
+            .is_some_and(|bit| self.0 & bit != 0)
+    }
+}
+
 /// What the request hooks decided.
 #[derive(Debug)]
 pub enum Verdict {
@@ -103,23 +123,33 @@ pub fn failure_error(status: u16) -> Box<Error> {
 
 /// Runs every request hook of `chain` in order on `view` (which mirrors `req`), applying each
 /// rewrite to both before the next module runs. `group_exists` checks an `upstream-group`
-/// rewrite; `max_body` caps a local response's body.
+/// rewrite; `max_body` caps a local response's body. The modules that asked for their response
+/// hook to be skipped on this request are added to `skipped`.
 pub fn run_request_hooks(
     chain: &Chain,
     view: &mut SharedRequest,
     req: &mut RequestHeader,
     group_exists: impl Fn(&str) -> bool,
     max_body: usize,
+    skipped: &mut Skipped,
     metrics: &Metrics,
 ) -> Verdict {
-    for bound in chain.iter().filter(|b| b.has_request_hook()) {
-        let outcome = bound.on_request(view).and_then(|action| match action {
-            wit::RequestAction::Continue => Ok(None),
-            wit::RequestAction::Rewrite(rewrite) => {
-                apply_rewrite(rewrite, view, req, &group_exists).map(|()| None)
+    for (position, bound) in chain.iter().enumerate() {
+        if !bound.has_request_hook() {
+            continue;
+        }
+        let outcome = bound.on_request(view).and_then(|(action, skip)| {
+            if skip {
+                skipped.insert(position);
             }
-            wit::RequestAction::Respond(local) => local_response(local, max_body).map(Some),
-            wit::RequestAction::Redirect(redirect) => redirect_response(redirect).map(Some),
+            match action {
+                wit::RequestAction::Continue => Ok(None),
+                wit::RequestAction::Rewrite(rewrite) => {
+                    apply_rewrite(rewrite, view, req, &group_exists).map(|()| None)
+                }
+                wit::RequestAction::Respond(local) => local_response(local, max_body).map(Some),
+                wit::RequestAction::Redirect(redirect) => redirect_response(redirect).map(Some),
+            }
         });
         match outcome {
             Ok(None) => bound.count_ok(Hook::Request),
@@ -272,18 +302,22 @@ fn finish_local(head: &mut ResponseHeader, body_len: usize) -> Result<(), CallEr
         .map_err(|e| bad(e.to_string()))
 }
 
-/// Runs every response hook of `chain` in reverse order on `resp`. `Err(status)` when a
-/// fail-closed module failed.
+/// Runs every response hook of `chain` in reverse order on `resp`, but those in `skipped`.
+/// `Err(status)` when a fail-closed module failed.
 pub fn run_response_hooks(
     chain: &Chain,
     req: &SharedRequest,
     resp: &mut ResponseHeader,
     cache_status: &'static str,
+    skipped: Skipped,
     metrics: &Metrics,
 ) -> Result<(), u16> {
     // One view serves every module until one of them changes the headers.
     let mut view = None;
-    for bound in chain.iter().rev().filter(|b| b.has_response_hook()) {
+    for (position, bound) in chain.iter().enumerate().rev() {
+        if !bound.has_response_hook() || skipped.contains(position) {
+            continue;
+        }
         if view.is_none() {
             view = Some(ResponseView::new(resp, cache_status));
         }
@@ -383,6 +417,57 @@ pub fn unframe(resp: &mut ResponseHeader) -> pingora::Result<()> {
     resp.insert_header(header::TRANSFER_ENCODING, "chunked")
 }
 
+/// The response's content type as sent, empty when it has none (what the body hook gets).
+fn content_type(resp: &ResponseHeader) -> &str {
+    resp.headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+}
+
+/// Whether a playlist of `len` bytes is over the body hooks' cap; if so it is logged, and the
+/// hooks are skipped.
+fn over_cap(req: &SharedRequest, len: usize, max: usize) -> bool {
+    if len <= max {
+        return false;
+    }
+    tracing::warn!(
+        path = req.path(),
+        bytes = len,
+        max,
+        "playlist over wasm.max_body_bytes: body hooks skipped"
+    );
+    true
+}
+
+/// Runs the after-cache body hooks on a playlist that is already whole (a complete cache hit)
+/// while its header can still change: a rewritten body keeps exact `Content-Length` framing
+/// (one write of header and body, as for any hit) instead of being re-framed as chunks.
+/// `Ok(Some(body))`: send `body` instead of the stored one ([`BodyRewrite::replace`]); `resp`
+/// has its length set and its `ETag` (which described the stored bytes) removed.
+/// `Err(status)`: a fail-closed module failed.
+pub fn rewrite_whole(
+    chain: &Chain,
+    req: &SharedRequest,
+    resp: &mut ResponseHeader,
+    body: &Bytes,
+    max: usize,
+    metrics: &Metrics,
+) -> Result<Option<Bytes>, u16> {
+    if over_cap(req, body.len(), max) {
+        return Ok(None);
+    }
+    let stage = BodyStage::AfterCache;
+    let Some(new) = run_body_hooks(chain, stage, req, content_type(resp), body, max, metrics)?
+    else {
+        return Ok(None);
+    };
+    resp.remove_header(&header::ETAG);
+    // Cannot fail: a number is a valid header value.
+    let _ = resp.insert_header(header::CONTENT_LENGTH, new.len());
+    Ok(Some(Bytes::from(new)))
+}
+
 /// A playlist body collected for the body hooks of one stage.
 pub struct BodyBuffer {
     stage: BodyStage,
@@ -396,12 +481,7 @@ impl BodyBuffer {
     pub fn new(stage: BodyStage, resp: &ResponseHeader, max: usize) -> Self {
         Self {
             stage,
-            content_type: resp
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or_default()
-                .to_owned(),
+            content_type: content_type(resp).to_owned(),
             data: BytesMut::new(),
             max,
         }
@@ -422,13 +502,7 @@ impl BodyBuffer {
         if let Some(chunk) = body.take() {
             self.data.extend_from_slice(&chunk);
         }
-        if self.data.len() > self.max {
-            tracing::warn!(
-                path = req.path(),
-                bytes = self.data.len(),
-                max = self.max,
-                "playlist over wasm.max_body_bytes: body hooks skipped"
-            );
+        if over_cap(req, self.data.len(), self.max) {
             *body = Some(self.data.split().freeze());
             return Ok(false);
         }
@@ -451,7 +525,8 @@ impl BodyBuffer {
 }
 
 /// One stage's body hooks on one response: idle until [`start`]ed, then collecting the
-/// playlist through [`feed`] until it has run the hooks.
+/// playlist through [`feed`] until it has run the hooks; or, after [`replace`], sending a body
+/// the hooks already rewrote in place of the stored one.
 ///
 /// The before-cache stage lives in the request's context and is fed from
 /// `upstream_response_body_filter`. The after-cache stage is a pingora downstream module (one
@@ -462,9 +537,21 @@ impl BodyBuffer {
 ///
 /// [`start`]: BodyRewrite::start
 /// [`feed`]: BodyRewrite::feed
+/// [`replace`]: BodyRewrite::replace
 #[derive(Default)]
 pub struct BodyRewrite {
-    job: Option<BodyJob>,
+    state: Rewriting,
+}
+
+#[derive(Default)]
+enum Rewriting {
+    /// Nothing to do: the body passes through.
+    #[default]
+    Idle,
+    /// Collecting the body for the hooks.
+    Collecting(BodyJob),
+    /// The body to send instead of the one read from the cache (`None` once sent).
+    Replacing(Option<Bytes>),
 }
 
 struct BodyJob {
@@ -483,7 +570,7 @@ impl BodyRewrite {
         buffer: BodyBuffer,
         metrics: Arc<Metrics>,
     ) {
-        self.job = Some(BodyJob {
+        self.state = Rewriting::Collecting(BodyJob {
             chain,
             req,
             buffer,
@@ -491,11 +578,22 @@ impl BodyRewrite {
         });
     }
 
+    /// Sends `body` instead of the response's own, whose chunks are dropped (see
+    /// [`rewrite_whole`]).
+    pub fn replace(&mut self, body: Bytes) {
+        self.state = Rewriting::Replacing(Some(body));
+    }
+
     /// One body filter call: feeds the job, if any (see [`BodyBuffer::feed`]); the job ends
     /// when the buffer is done with. An error is a fail-closed module's failure.
     pub fn feed(&mut self, body: &mut Option<Bytes>, end: bool) -> pingora::Result<()> {
-        let Some(job) = self.job.as_mut() else {
-            return Ok(());
+        let job = match &mut self.state {
+            Rewriting::Idle => return Ok(()),
+            Rewriting::Replacing(replacement) => {
+                *body = replacement.take();
+                return Ok(());
+            }
+            Rewriting::Collecting(job) => job,
         };
         match job
             .buffer
@@ -503,11 +601,11 @@ impl BodyRewrite {
         {
             Ok(true) => Ok(()),
             Ok(false) => {
-                self.job = None;
+                self.state = Rewriting::Idle;
                 Ok(())
             }
             Err(status) => {
-                self.job = None;
+                self.state = Rewriting::Idle;
                 Err(failure_error(status))
             }
         }
@@ -753,6 +851,20 @@ mod tests {
             append: Vec::new(),
         };
         assert!(apply_header_changes(framing, &mut resp).is_err());
+    }
+
+    #[test]
+    fn skipped_positions_are_remembered_up_to_63() {
+        let mut skipped = Skipped::default();
+        for position in [0, 5, 63, 64, 1000] {
+            skipped.insert(position);
+        }
+        assert!(skipped.contains(0) && skipped.contains(5) && skipped.contains(63));
+        assert!(!skipped.contains(1) && !skipped.contains(62));
+        assert!(
+            !skipped.contains(64) && !skipped.contains(1000),
+            "past 63 hooks still run"
+        );
     }
 
     #[test]

@@ -43,7 +43,9 @@ pub mod wit {
     };
 }
 
-use generated::parallax::policy::{clock, config, counters, kv, log, types, upstreams};
+use generated::parallax::policy::{
+    clock, config, counters, kv, log, request_scope, types, upstreams,
+};
 
 /// Largest log message a module may write; longer ones are cut (WIT `log`).
 const MAX_LOG_BYTES: usize = 4096;
@@ -107,6 +109,9 @@ pub struct HostState {
     pub(crate) table: ResourceTable,
     /// When the current call started, for its CPU deadline.
     pub(crate) call: CallClock,
+    /// Set by WIT `request-scope.skip-response-hook`; cleared before each `on-request` call and
+    /// read after it.
+    pub(crate) skip_response: bool,
 }
 
 /// The CPU budget of the call in progress.
@@ -175,6 +180,7 @@ impl HostState {
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
             call: CallClock::start(Duration::ZERO),
+            skip_response: false,
         }
     }
 }
@@ -213,6 +219,12 @@ impl log::Host for HostState {
             log::Level::Warn => tracing::warn!(target: "module", module, "{message}"),
             log::Level::Error => tracing::error!(target: "module", module, "{message}"),
         }
+    }
+}
+
+impl request_scope::Host for HostState {
+    fn skip_response_hook(&mut self) {
+        self.skip_response = true;
     }
 }
 

@@ -1,5 +1,5 @@
 //! Policy modules: WebAssembly components implementing `wit/policy.wit`
-//! (`parallax:policy@0.2.0`), run by wasmtime on the request path, swapped without a restart.
+//! (`parallax:policy@0.2.1`), run by wasmtime on the request path, swapped without a restart.
 //!
 //! # How a module runs
 //!

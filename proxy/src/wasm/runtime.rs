@@ -40,17 +40,17 @@ use super::host::{self, wit, CallClock, HostServices, HostState, ModuleContext};
 use super::view::{Lent, ResponseView, SharedRequest};
 
 /// The hook interfaces a module may export, by their WIT names.
-pub const REQUEST_HOOK: &str = "parallax:policy/request-hook@0.2.0";
+pub const REQUEST_HOOK: &str = "parallax:policy/request-hook@0.2.1";
 /// See [`REQUEST_HOOK`].
-pub const RESPONSE_HOOK: &str = "parallax:policy/response-hook@0.2.0";
+pub const RESPONSE_HOOK: &str = "parallax:policy/response-hook@0.2.1";
 /// See [`REQUEST_HOOK`].
-pub const BODY_HOOK: &str = "parallax:policy/body-hook@0.2.0";
+pub const BODY_HOOK: &str = "parallax:policy/body-hook@0.2.1";
 /// See [`REQUEST_HOOK`].
-pub const SELF_TEST: &str = "parallax:policy/self-test@0.2.0";
+pub const SELF_TEST: &str = "parallax:policy/self-test@0.2.1";
 /// See [`REQUEST_HOOK`].
-pub const HOOK_NEEDS: &str = "parallax:policy/hook-needs@0.2.0";
+pub const HOOK_NEEDS: &str = "parallax:policy/hook-needs@0.2.1";
 /// The WIT package these names belong to.
-pub const PACKAGE: &str = "parallax:policy@0.2.0";
+pub const PACKAGE: &str = "parallax:policy@0.2.1";
 
 /// Upper bound on module instances alive at once in the process (the pooling allocator reserves
 /// slots for them up front). Each worker thread holds at most one instance per bound module at
@@ -90,7 +90,7 @@ pub enum ModuleError {
     /// interface, another version of ours).
     #[error("imports something this proxy does not provide: {0}")]
     Imports(String),
-    /// Its exports do not match `parallax:policy@0.2.0`.
+    /// Its exports do not match `parallax:policy@0.2.1`.
     #[error("exports: {0}")]
     Exports(String),
     /// Instantiating it failed (start function trapped, memory over the cap, ...).
@@ -247,6 +247,8 @@ pub fn check(
 
 /// Refuses a module built against another version of `parallax:policy` with a message naming
 /// both versions, instead of the linker's "unknown import" for the first interface it meets.
+/// Modules built against an earlier patch of this minor version load: patches only add
+/// (wasmtime matches `@0.2.0` names with our `@0.2.1` definitions).
 fn check_package_version(component: &Component, engine: &Engine) -> Result<(), ModuleError> {
     let ty = component.component_type();
     let names = ty
@@ -258,7 +260,7 @@ fn check_package_version(component: &Component, engine: &Engine) -> Result<(), M
             continue;
         };
         let version = rest.split_once('@').map_or("", |(_, v)| v);
-        if format!("parallax:policy@{version}") != PACKAGE {
+        if !speaks(version) {
             return Err(ModuleError::Imports(format!(
                 "built against parallax:policy@{version} ({name}), but this proxy speaks \
                  {PACKAGE}: rebuild the module against this release's wit/ (docs/modules.md, \
@@ -267,6 +269,24 @@ fn check_package_version(component: &Component, engine: &Engine) -> Result<(), M
         }
     }
     Ok(())
+}
+
+/// Whether a module built against interface `version` runs here: the same major and minor
+/// version as [`PACKAGE`]'s (interface versions are below 1.0, where the minor one breaks), and
+/// a patch version no newer than ours.
+fn speaks(version: &str) -> bool {
+    fn parts(version: &str) -> Option<(u64, u64, u64)> {
+        let mut parts = version.split('.').map(|p| p.parse::<u64>().ok());
+        let parsed = (parts.next()??, parts.next()??, parts.next()??);
+        parts.next().is_none().then_some(parsed)
+    }
+    let ours = PACKAGE.rsplit_once('@').and_then(|(_, v)| parts(v));
+    match (parts(version), ours) {
+        (Some((major, minor, patch)), Some((our_major, our_minor, our_patch))) => {
+            major == our_major && minor == our_minor && patch <= our_patch
+        }
+        _ => false,
+    }
 }
 
 /// A module version's identity: the SHA-256 of its file, hex.
@@ -695,17 +715,20 @@ impl Bound {
         }
     }
 
-    /// Calls `on-request` with `req` lent to it.
-    pub fn on_request(&self, req: &SharedRequest) -> Result<wit::RequestAction, CallError> {
+    /// Calls `on-request` with `req` lent to it. Also returns whether the module asked for its
+    /// response hook to be skipped on this request (WIT `request-scope`).
+    pub fn on_request(&self, req: &SharedRequest) -> Result<(wit::RequestAction, bool), CallError> {
         self.with_instance(|i| {
             let Some(hook) = &i.request else {
-                return Ok(wit::RequestAction::Continue);
+                return Ok((wit::RequestAction::Continue, false));
             };
-            let table = &mut i.store.data_mut().table;
-            let lent = Lent::lend(table, req.clone())?;
+            let state = i.store.data_mut();
+            state.skip_response = false;
+            let lent = Lent::lend(&mut state.table, req.clone())?;
             let action = hook.call_on_request(&mut i.store, lent.handle())?;
-            lent.take_back(&mut i.store.data_mut().table)?;
-            Ok(action)
+            let state = i.store.data_mut();
+            lent.take_back(&mut state.table)?;
+            Ok((action, state.skip_response))
         })
     }
 
@@ -764,6 +787,17 @@ mod tests {
             ..WasmConfig::default()
         };
         Runtime::new(&config).unwrap()
+    }
+
+    #[test]
+    fn earlier_patches_of_the_interface_are_spoken_other_minors_and_later_patches_are_not() {
+        assert!(speaks("0.2.0"));
+        assert!(speaks("0.2.1"));
+        for version in [
+            "0.2.2", "0.1.0", "0.3.0", "1.2.1", "0.2", "0.2.1.0", "", "0.2.x",
+        ] {
+            assert!(!speaks(version), "{version}");
+        }
     }
 
     #[test]
