@@ -6,14 +6,21 @@
 //! cargo build --release --target wasm32-wasip2 -p module-template
 //! cargo run --release --example hook_call_cost -- target/wasm32-wasip2/release/module_template.wasm [--cold]
 //! ```
+//!
+//! After the file: `key=value` sets a key of the module's config (dotted keys as written in a
+//! TOML table, e.g. `region.eu.group=default`), `header:name=value` adds a request header. As
+//! in the proxy, the response hook is timed only when the module needs it under this config
+//! (`hook-needs`) and its request hook did not skip it for the request (`request-scope`):
+//! "skipped" counts those requests, whose response hook costs nothing.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parallax_proxy::upstream::{GroupConfig, OriginConfig, Upstreams};
 use parallax_proxy::wasm::host::HostServices;
 use parallax_proxy::wasm::runtime;
 use parallax_proxy::wasm::view::{RequestView, ResponseView};
-use parallax_proxy::wasm::ModuleConfig;
+use parallax_proxy::wasm::{ConfigValue, ModuleConfig};
 use pingora::http::{RequestHeader, ResponseHeader};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -21,11 +28,31 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .ok_or("usage: hook_call_cost <module.wasm>")?;
     let bytes = std::fs::read(&path)?;
-    let entry = ModuleConfig {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let mut entry = ModuleConfig {
         name: "bench".into(),
         ..ModuleConfig::default()
     };
-    let bound = runtime::check(bytes, &entry, HostServices::standalone()?)?;
+    let mut extra_headers = Vec::new();
+    for arg in args.iter().filter(|a| !a.starts_with("--")) {
+        let (key, value) = arg.split_once('=').ok_or("expected key=value")?;
+        match key.strip_prefix("header:") {
+            Some(name) => extra_headers.push((name.to_owned(), value.to_owned())),
+            None => {
+                entry
+                    .config
+                    .insert(key.to_owned(), ConfigValue::Text(value.to_owned()));
+            }
+        }
+    }
+    // One upstream group, "default" (healthy, never checked), for modules that read groups.
+    let mut services = HostServices::standalone()?;
+    let group = GroupConfig {
+        primary: OriginConfig::at("127.0.0.1:9".to_owned()),
+        ..GroupConfig::default()
+    };
+    services.upstreams = Some(Upstreams::new(&[group], services.metrics.clone())?);
+    let bound = runtime::check(bytes, &entry, services)?;
     let mut head = RequestHeader::build("GET", b"/live/a/index.m3u8", None)?;
     for (name, value) in [
         ("host", "cdn.example"),
@@ -41,6 +68,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ("cloudfront-viewer-country", "DE"),
         ("x-forwarded-for", "198.51.100.7"),
     ] {
+        head.append_header(name, value)?;
+    }
+    for (name, value) in extra_headers {
         head.append_header(name, value)?;
     }
     let req = Arc::new(RequestView::new(
@@ -65,12 +95,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let calls = 20_000u32;
     for round in 1..=3 {
-        let (mut request, mut response) = (Duration::ZERO, Duration::ZERO);
+        let (mut request, mut response, mut skipped) = (Duration::ZERO, Duration::ZERO, 0);
         for _ in 0..calls {
             walk();
             let started = Instant::now();
-            bound.on_request(&req).map_err(|e| e.to_string())?;
+            let (_, skip) = bound.on_request(&req).map_err(|e| e.to_string())?;
             request += started.elapsed();
+            if skip || !bound.has_response_hook() {
+                skipped += 1;
+                continue;
+            }
             walk();
             let started = Instant::now();
             let mut view = Some(ResponseView::new(&resp, "HIT"));
@@ -80,10 +114,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             response += started.elapsed();
         }
         println!(
-            "round {round}{}: on-request {:?} per call, on-response {:?} per call",
+            "round {round}{}: on-request {:?} per call, on-response {:?} per call made \
+             ({skipped} of {calls} skipped), both {:?} per request",
             if cold { " (cold)" } else { "" },
             request / calls,
-            response / calls
+            response.checked_div(calls - skipped).unwrap_or_default(),
+            (request + response) / calls,
         );
     }
     Ok(())

@@ -53,7 +53,7 @@ impl Env for HostEnv {
         })
     }
     fn group_healthy(&mut self, group: &str) -> Option<bool> {
-        upstreams::group(group).map(|g| g.active != "none")
+        upstreams::usable(group)
     }
     fn warn(&mut self, message: &str) {
         log::log(log::Level::Warn, message);
@@ -178,7 +178,7 @@ impl self_test::Guest for RegionSteer {
     fn run() -> Result<(), String> {
         let config = config().as_ref().map_err(Clone::clone)?;
         for region in &config.regions {
-            if upstreams::group(&region.group).is_none() {
+            if upstreams::usable(&region.group).is_none() {
                 return Err(format!(
                     "region {}: upstream group {:?} is not in the proxy config",
                     region.name, region.group

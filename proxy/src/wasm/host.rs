@@ -287,6 +287,12 @@ impl kv::Host for HostState {
 }
 
 impl upstreams::Host for HostState {
+    fn usable(&mut self, name: String) -> Option<bool> {
+        let group = self.services.upstreams.as_ref()?.group(&name)?;
+        let usable = group.origin_ids().any(|origin| group.is_healthy(origin));
+        Some(usable)
+    }
+
     fn group(&mut self, name: String) -> Option<upstreams::GroupHealth> {
         let group = self.services.upstreams.as_ref()?.group(&name)?;
         let status = group.status();

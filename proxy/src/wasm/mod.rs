@@ -38,6 +38,6 @@ pub mod registry;
 pub mod runtime;
 pub mod view;
 
-pub use config::{BodyStage, ChainConfig, FailurePolicy, ModuleConfig, WasmConfig};
+pub use config::{BodyStage, ChainConfig, ConfigValue, FailurePolicy, ModuleConfig, WasmConfig};
 pub use registry::{Chain, ModuleHost};
 pub use runtime::{ModuleError, Runtime};
