@@ -75,10 +75,7 @@ pub fn decide(config: &Config, req: &Request, env: &mut dyn Env, memory: &mut Me
         .copied()
         .unwrap_or(config.default_region);
     let sticky = config.sticky_cookie.as_deref().and_then(|name| {
-        req.headers
-            .iter()
-            .filter(|h| h.name == "cookie")
-            .find_map(|h| cookie(&h.value, name))
+        cookie_value(req, name)
             .and_then(|value| config.regions.iter().position(|r| r.name == value))
     });
     let mut kv_unavailable = false;
@@ -195,11 +192,7 @@ pub fn on_response(config: &Config, req: &Request, resp: &Response) -> HeaderCha
     else {
         return changes;
     };
-    let current = req
-        .headers
-        .iter()
-        .filter(|h| h.name == "cookie")
-        .find_map(|h| cookie(&h.value, name));
+    let current = cookie_value(req, name);
     if current != Some(region) {
         changes.append.push(Header {
             name: "set-cookie".into(),
@@ -228,11 +221,7 @@ pub fn response_needed(
     if matches!(action, RequestAction::Redirect(_)) {
         return false;
     }
-    let current = req
-        .headers
-        .iter()
-        .filter(|h| h.name == "cookie")
-        .find_map(|h| cookie(&h.value, name));
+    let current = cookie_value(req, name);
     current != Some(config.regions[decision.chosen].name.as_str())
 }
 
@@ -241,6 +230,14 @@ fn header<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
         .iter()
         .find(|h| h.name == name)
         .map(|h| h.value.as_str())
+}
+
+/// The value of cookie `name` in the request's first `cookie` header that has it.
+fn cookie_value<'r>(req: &'r Request, name: &str) -> Option<&'r str> {
+    req.headers
+        .iter()
+        .filter(|h| h.name == "cookie")
+        .find_map(|h| cookie(&h.value, name))
 }
 
 fn cookie<'c>(header: &'c str, name: &str) -> Option<&'c str> {
