@@ -14,7 +14,8 @@
 //! same natively (the `proxy token sign` command) and inside the token-auth Wasm module.
 //!
 //! # Layout
-//! - [`token`]: [`sign`], [`verify`], [`Key`] and the reasons a token is refused.
+//! - [`token`]: [`sign`], [`verify`] (or [`authenticate`] once, then [`Claims::admit`] per
+//!   request), [`Key`] and the reasons a token is refused.
 //! - [`acl`]: the wildcard path patterns.
 //! - [`locate`]: finding a token in a query string, a `Cookie` header, and percent-coding.
 
@@ -22,4 +23,4 @@ pub mod acl;
 pub mod locate;
 pub mod token;
 
-pub use token::{sign, verify, Claims, Key, SignParams, TokenError};
+pub use token::{authenticate, sign, verify, Claims, Key, SignParams, TokenError};

@@ -173,7 +173,18 @@ pub fn sign(key: &Key, params: &SignParams) -> Result<String, TokenError> {
 /// Checks `token` for a request to `path` at `now_secs` against `keys` (any may match: during a
 /// rotation the new and the old key are both given). The signature is checked first, so an
 /// expired *and* forged token is reported as a bad signature and nothing unsigned is trusted.
+/// The same as [`authenticate`] then [`Claims::admit`].
 pub fn verify(token: &str, path: &str, now_secs: u64, keys: &[Key]) -> Result<Claims, TokenError> {
+    let claims = authenticate(token, keys)?;
+    claims.admit(path, now_secs)?;
+    Ok(claims)
+}
+
+/// The request-independent half of [`verify`]: the token's form and signature. What it
+/// returns holds for as long as `keys` do, whatever the request, so a caller that sees the
+/// same token again (a viewer's every segment) may keep it and only [`Claims::admit`] each
+/// request.
+pub fn authenticate(token: &str, keys: &[Key]) -> Result<Claims, TokenError> {
     if token.is_empty() {
         return Err(TokenError::Missing);
     }
@@ -198,23 +209,6 @@ pub fn verify(token: &str, path: &str, now_secs: u64, keys: &[Key]) -> Result<Cl
             mac.verify_slice(&signature).is_ok()
         })
         .ok_or(TokenError::BadSignature)?;
-    if let Some(start_secs) = fields.start_secs {
-        if now_secs < start_secs {
-            return Err(TokenError::NotYetValid {
-                start_secs,
-                now_secs,
-            });
-        }
-    }
-    if now_secs >= fields.expires_secs {
-        return Err(TokenError::Expired {
-            expires_secs: fields.expires_secs,
-            now_secs,
-        });
-    }
-    if !acl::allows(fields.acl, path) {
-        return Err(TokenError::PathNotAllowed(path.to_owned()));
-    }
     Ok(Claims {
         expires_secs: fields.expires_secs,
         start_secs: fields.start_secs,
@@ -222,6 +216,31 @@ pub fn verify(token: &str, path: &str, now_secs: u64, keys: &[Key]) -> Result<Cl
         id: fields.id.map(str::to_owned),
         key_index,
     })
+}
+
+impl Claims {
+    /// The request-dependent half of [`verify`]: whether these claims admit a request for
+    /// `path` at `now_secs` (start time, expiry, path ACL, in that order).
+    pub fn admit(&self, path: &str, now_secs: u64) -> Result<(), TokenError> {
+        if let Some(start_secs) = self.start_secs {
+            if now_secs < start_secs {
+                return Err(TokenError::NotYetValid {
+                    start_secs,
+                    now_secs,
+                });
+            }
+        }
+        if now_secs >= self.expires_secs {
+            return Err(TokenError::Expired {
+                expires_secs: self.expires_secs,
+                now_secs,
+            });
+        }
+        if !acl::allows(&self.acl, path) {
+            return Err(TokenError::PathNotAllowed(path.to_owned()));
+        }
+        Ok(())
+    }
 }
 
 struct Fields<'a> {

@@ -1,6 +1,9 @@
 //! The authorization decisions, as plain functions of the request, the config and the time.
 
-use parallax_token::{locate, sign, verify, Claims, SignParams, TokenError};
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use parallax_token::{authenticate, locate, sign, verify, Claims, Key, SignParams, TokenError};
 
 use crate::config::Config;
 use crate::glue::bindings::parallax::policy::types::{
@@ -91,14 +94,73 @@ pub fn find_token(config: &Config, req: &Request) -> Result<(Source, String), To
 }
 
 /// Checks `req` at `now_secs`: where its token came from and what it says, or why it is refused.
+/// A token this instance has authenticated before with the same keys skips the signature check
+/// ([`Authenticated`]); the time and path checks run on every request.
 pub fn check(
     config: &Config,
     req: &Request,
     now_secs: u64,
 ) -> Result<(Source, Claims), TokenError> {
     let (source, token) = find_token(config, req)?;
-    let claims = verify(&token, &req.path, now_secs, &config.keys)?;
+    let claims = AUTHENTICATED.with_borrow_mut(|seen| seen.authenticate(&token, &config.keys))?;
+    claims.admit(&req.path, now_secs)?;
     Ok((source, claims))
+}
+
+thread_local! {
+    /// This instance's authenticated tokens (instances are reused across requests, one call at
+    /// a time; a new one starts empty).
+    static AUTHENTICATED: RefCell<Authenticated> = RefCell::new(Authenticated::default());
+}
+
+/// Most entries [`Authenticated`] keeps before it starts over.
+const MAX_AUTHENTICATED: usize = 4096;
+/// Most bytes of token text [`Authenticated`] keeps before it starts over (tokens may be up
+/// to 4 KiB; the instance's memory cap is 16 MiB by default).
+const MAX_AUTHENTICATED_BYTES: usize = 1 << 20;
+
+/// Tokens whose form and signature were checked, with what they claim: a viewer sends the same
+/// token with every playlist and segment, and HMAC-SHA256 is most of this module's work per
+/// request. Only tokens that passed are kept (a forged one pays the full, constant-time check
+/// every time, and cannot fill the memory); an entry holds only while the keys it was checked
+/// with are the keys in use. Bounded by [`MAX_AUTHENTICATED`] entries and
+/// [`MAX_AUTHENTICATED_BYTES`]: when either would be passed it starts over.
+#[derive(Default)]
+pub struct Authenticated {
+    keys: Vec<Key>,
+    tokens: HashMap<String, Claims>,
+    bytes: usize,
+}
+
+impl Authenticated {
+    /// What `token` claims once signed by one of `keys`, from memory when it was checked before.
+    pub fn authenticate(&mut self, token: &str, keys: &[Key]) -> Result<Claims, TokenError> {
+        if self.keys != keys {
+            *self = Authenticated {
+                keys: keys.to_vec(),
+                ..Authenticated::default()
+            };
+        }
+        if let Some(claims) = self.tokens.get(token) {
+            return Ok(claims.clone());
+        }
+        let claims = authenticate(token, keys)?;
+        if self.tokens.len() >= MAX_AUTHENTICATED
+            || self.bytes + token.len() > MAX_AUTHENTICATED_BYTES
+        {
+            self.tokens.clear();
+            self.bytes = 0;
+        }
+        self.bytes += token.len();
+        self.tokens.insert(token.to_owned(), claims.clone());
+        Ok(claims)
+    }
+
+    /// How many tokens it holds.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tokens.len()
+    }
 }
 
 /// The request hook: continue with a valid token, else 403 with the reason. The second value
@@ -498,6 +560,60 @@ mod tests {
             &request("/live/a.m3u8", &q, &[]),
             verdict.unwrap()
         ));
+    }
+
+    #[test]
+    fn a_token_is_authenticated_once_per_keys_and_admitted_per_request() {
+        let keys = [Key::from_hex(KEY).unwrap()];
+        let rotated = [Key::from_hex(OLD_KEY).unwrap()];
+        let mut seen = Authenticated::default();
+        let good = token(KEY, "/live/cam1/*", NOW + 60);
+        let claims = seen.authenticate(&good, &keys).unwrap();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(seen.authenticate(&good, &keys).unwrap(), claims);
+        assert_eq!(seen.len(), 1, "the second time comes from memory");
+        // What is remembered is the signature, never the decision for a request.
+        assert!(claims.admit("/live/cam1/1.ts", NOW).is_ok());
+        assert_eq!(
+            claims.admit("/live/cam2/1.ts", NOW).unwrap_err().as_str(),
+            "path-not-allowed"
+        );
+        assert_eq!(
+            claims
+                .admit("/live/cam1/1.ts", NOW + 60)
+                .unwrap_err()
+                .as_str(),
+            "expired"
+        );
+        // Forged tokens are never remembered; other keys start over.
+        let forged = token(OLD_KEY, "/live/cam1/*", NOW + 60);
+        assert_eq!(
+            seen.authenticate(&forged, &keys).unwrap_err().as_str(),
+            "bad-signature"
+        );
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen.authenticate(&good, &rotated).unwrap_err().as_str(),
+            "bad-signature"
+        );
+        assert_eq!(
+            seen.len(),
+            0,
+            "entries hold only for the keys they were checked with"
+        );
+    }
+
+    #[test]
+    fn the_memory_of_authenticated_tokens_is_bounded() {
+        let keys = [Key::from_hex(KEY).unwrap()];
+        let mut seen = Authenticated::default();
+        for i in 0..MAX_AUTHENTICATED as u64 + 10 {
+            seen.authenticate(&token(KEY, "/live/*", NOW + 60 + i), &keys)
+                .unwrap();
+            assert!(seen.len() <= MAX_AUTHENTICATED);
+            assert!(seen.bytes <= MAX_AUTHENTICATED_BYTES);
+        }
+        assert_eq!(seen.len(), 10, "it started over once full");
     }
 
     #[test]
