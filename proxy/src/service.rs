@@ -343,6 +343,20 @@ async fn respond_locally(
     Ok(true)
 }
 
+/// The whole stored body a response served from the cache is about to send (shared, not
+/// copied); `None` when the response is not served from a complete stored object.
+fn stored_body(session: &mut Session) -> Option<Bytes> {
+    match session.cache.phase() {
+        // The phases in which pingora serves from a hit handler.
+        CachePhase::Hit
+        | CachePhase::Stale
+        | CachePhase::StaleUpdating
+        | CachePhase::Revalidated
+        | CachePhase::RevalidatedNoCache(_) => storage::whole_body(session.cache.hit_handler()),
+        _ => None,
+    }
+}
+
 /// A response of `status` with no body that nobody should store: errors and fail-closed
 /// module failures.
 fn empty_response(status: u16) -> Result<ResponseHeader> {
@@ -757,16 +771,7 @@ impl ProxyHttp for EdgeProxy {
                 // A complete stored playlist is rewritten now, so the new body keeps exact
                 // framing; one still arriving (a miss, a fill being streamed) is collected as
                 // it goes out and sent chunked.
-                let stored = match session.cache.phase() {
-                    CachePhase::Hit
-                    | CachePhase::Stale
-                    | CachePhase::StaleUpdating
-                    | CachePhase::Revalidated
-                    | CachePhase::RevalidatedNoCache(_) => {
-                        storage::whole_body(session.cache.hit_handler())
-                    }
-                    _ => None,
-                };
+                let stored = stored_body(session);
                 let Some(rewriter) = session.downstream_modules_ctx.get_mut::<BodyRewrite>() else {
                     return Ok(());
                 };

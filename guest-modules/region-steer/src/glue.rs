@@ -60,6 +60,12 @@ impl Env for HostEnv {
     }
 }
 
+/// Whether the proxy calls the response hook at all under `config` (`hook-needs`): only to set
+/// the sticky cookie. Asking to skip it per request is worth a host call only then.
+fn response_hook_called(config: &Config) -> bool {
+    config.sticky_cookie.is_some()
+}
+
 /// Copies out of the host's request what [`steer`] reads: each method is a host call, so only
 /// what the config makes relevant.
 fn read_request(config: &Config, req: &Request) -> steer::Request {
@@ -129,9 +135,7 @@ impl request_hook::Guest for RegionSteer {
             counters::add("no-usable-region", 1);
         }
         let action = steer::action(config, &req, &decision);
-        // Only while the response hook is called at all (`hook-needs`).
-        if config.sticky_cookie.is_some()
-            && !steer::response_needed(config, &req, &decision, &action)
+        if response_hook_called(config) && !steer::response_needed(config, &req, &decision, &action)
         {
             request_scope::skip_response_hook();
         }
@@ -148,7 +152,7 @@ impl response_hook::Guest for RegionSteer {
     fn on_response(req: &Request, resp: &Response) -> HeaderChanges {
         match config() {
             // Only the sticky cookie needs anything from the request or the response.
-            Ok(config) if config.sticky_cookie.is_some() => {
+            Ok(config) if response_hook_called(config) => {
                 let resp = steer::Response {
                     status: resp.status(),
                 };
@@ -168,7 +172,7 @@ impl hook_needs::Guest for RegionSteer {
     /// called at all.
     fn needed() -> hook_needs::Hooks {
         match config() {
-            Ok(config) if config.sticky_cookie.is_none() => hook_needs::Hooks::REQUEST,
+            Ok(config) if !response_hook_called(config) => hook_needs::Hooks::REQUEST,
             _ => hook_needs::Hooks::REQUEST | hook_needs::Hooks::RESPONSE,
         }
     }

@@ -72,6 +72,12 @@ fn token_headers(config: &Config, req: &Request) -> Vec<Header> {
     headers
 }
 
+/// Whether the proxy calls the response hook at all under `config` (`hook-needs`): only to issue
+/// the session cookie. Asking to skip it per request is worth a host call only then.
+fn response_hook_called(config: &Config) -> bool {
+    config.session_cookie
+}
+
 // Natively (unit tests) nothing exports it; the impls still compile so type errors show up.
 #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
 struct TokenAuth;
@@ -83,8 +89,7 @@ impl request_hook::Guest for TokenAuth {
             Ok(config) => {
                 let req = read_request(config, req);
                 let (action, verdict) = auth::on_request(config, &req, now_secs);
-                // Only while the response hook is called at all (`hook-needs`).
-                if config.session_cookie
+                if response_hook_called(config)
                     && !matches!(verdict, Ok(source) if auth::response_needed(config, &req, source))
                 {
                     request_scope::skip_response_hook();
@@ -109,7 +114,7 @@ impl response_hook::Guest for TokenAuth {
     fn on_response(req: &Request, resp: &Response) -> HeaderChanges {
         match config() {
             // Only a session cookie needs anything from the request or the response.
-            Ok(config) if config.session_cookie => {
+            Ok(config) if response_hook_called(config) => {
                 let resp = auth::Response {
                     status: resp.status(),
                 };
@@ -130,7 +135,7 @@ impl hook_needs::Guest for TokenAuth {
     /// called at all.
     fn needed() -> hook_needs::Hooks {
         match config() {
-            Ok(config) if config.session_cookie => {
+            Ok(config) if response_hook_called(config) => {
                 hook_needs::Hooks::REQUEST | hook_needs::Hooks::RESPONSE
             }
             _ => hook_needs::Hooks::REQUEST,

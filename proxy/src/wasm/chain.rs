@@ -58,16 +58,17 @@ impl Hook {
 pub struct Skipped(u64);
 
 impl Skipped {
+    /// The bit of `position`; `None` past 63.
+    fn bit(position: usize) -> Option<u64> {
+        1_u64.checked_shl(u32::try_from(position).ok()?)
+    }
+
     fn insert(&mut self, position: usize) {
-        if let Some(bit) = 1_u64.checked_shl(u32::try_from(position).unwrap_or(u32::MAX)) {
-            self.0 |= bit;
-        }
+        self.0 |= Self::bit(position).unwrap_or(0);
     }
 
     fn contains(self, position: usize) -> bool {
-        1_u64
-            .checked_shl(u32::try_from(position).unwrap_or(u32::MAX))
-            .is_some_and(|bit| self.0 & bit != 0)
+        Self::bit(position).is_some_and(|bit| self.0 & bit != 0)
     }
 }
 
